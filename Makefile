@@ -1,0 +1,34 @@
+# Every target that needs Python builds .venv first (idempotent: a stamp file skips it when done).
+PY := .venv/bin/python
+STAMP := .venv/.installed
+PYTEST_FLAGS ?= -q -x -p no:cacheprovider
+
+.PHONY: setup demo test validate bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: 2.13.0 is the CPU build on this disk; a bare torch requirement pulls CUDA.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev,pythia]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m unfoldmem demo -o demo-output
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_FLAGS) -m "not slow"
+
+validate: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m slow
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+lint: $(STAMP)
+	.venv/bin/ruff check .
+
+clean:
+	rm -rf .venv demo-output

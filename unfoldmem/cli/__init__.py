@@ -1,0 +1,95 @@
+r"""The ``unfoldmem`` command line: a thin typer app, one module per verb group.
+
+Each verb module exposes ``register(app)``; verbs not built yet are registered as stubs that exit
+with code 2 and say so. User mistakes (:class:`unfoldmem.errors.UnfoldmemError`) become one-line
+messages with exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from unfoldmem import __version__
+from unfoldmem.cli import cards as cards_cli
+from unfoldmem.cli import inspect as inspect_cli
+from unfoldmem.cli._common import state
+from unfoldmem.errors import NotYetAvailableError, UnfoldmemError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="unfoldmem",
+    help="Unfolding (cINN, OmniFold) and matrix-element-method likelihoods for collider events.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"unfoldmem {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or chatter."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail in the log."),
+) -> None:
+    state.quiet = quiet
+    state.verbose = verbose
+
+
+def _stub(verb: str, summary: str) -> None:
+    def command(
+        args: list[str] = typer.Argument(None, help="(not yet available)"),
+    ) -> None:
+        raise NotYetAvailableError(verb)
+
+    command.__doc__ = f"{summary} (not yet available)."
+    app.command(verb, context_settings={"ignore_unknown_options": True})(command)
+
+
+cards_cli.register(app)
+inspect_cli.register(app)
+# Verbs still to build: each issue replaces its line with `<module>.register(app)`.
+_stub("xsec", "Hadronic cross section of a process card, σ ± MC error")
+_stub("generate", "Generate parton and detector events from a run card")
+_stub("train", "Train a cINN or transfer-function flow from a model card")
+_stub("unfold", "Unfold detector events with a trained cINN")
+_stub("omnifold", "OmniFold unfolding by classifier reweighting")
+_stub("likelihood", "Per-event MEM likelihoods over a θ grid")
+_stub("scan", "Likelihood scan from per-event likelihoods")
+_stub("fit", "Maximum-likelihood fit of θ")
+_stub("posterior", "Posterior of θ with NUTS")
+_stub("calibrate", "Pseudo-experiment calibration: bias, pulls, coverage")
+_stub("quality", "Quality report of a generative model")
+_stub("export", "Export a trained model to ONNX")
+_stub("demo", "Small end-to-end analysis with a report")
+
+
+def main() -> None:
+    """Entry point: run the app; user errors become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UnfoldmemError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

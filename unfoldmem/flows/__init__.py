@@ -1,0 +1,1 @@
+r"""Flows: encodings, the cINN, transfer-function flows, Bayesian variants and training."""

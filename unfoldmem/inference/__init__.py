@@ -1,0 +1,1 @@
+r"""Inference: scans, fits, posteriors, Fisher information, calibration and Dask scale-out."""

@@ -1,0 +1,1 @@
+r"""Matrix-element method: per-event likelihoods, normalisation and the VEGAS baseline."""

@@ -1,0 +1,1 @@
+r"""Unfolding: cINN posterior sampling, iterative prior removal, OmniFold and IBU."""
