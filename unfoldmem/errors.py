@@ -41,7 +41,8 @@ class CardError(UnfoldmemError):
 
     def __init__(self, card: str, key: str, problem: str) -> None:
         self.card, self.key, self.problem = card, key, problem
-        super().__init__(f"{card}: key '{key}': {problem}")
+        one_line = " ".join(problem.split())
+        super().__init__(f"{card}: key '{key}': {one_line}")
 
 
 class InputFileError(UnfoldmemError):

@@ -47,7 +47,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise CardError(str(path), "<file>", f"not valid YAML{where}: {exc}") from exc
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CardError(str(path), "<file>", f"not valid YAML{where}: {problem}") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -1,15 +1,12 @@
-r"""State and helpers shared by the CLI verbs: global flags, console, progress, output checks."""
+r"""State shared by the CLI verbs: global flags and the console."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from rich.console import Console
 
-from unfoldmem.errors import OutputExistsError, OutputPathError
-
-__all__ = ["state", "console", "check_output"]
+__all__ = ["state", "console"]
 
 
 @dataclass
@@ -20,14 +17,3 @@ class _State:
 
 state = _State()
 console = Console(stderr=True)
-
-
-def check_output(path: Path, overwrite: bool, is_dir: bool = False) -> Path:
-    """Refuse an existing output unless ``overwrite``; the parent directory must exist."""
-    path = Path(path)
-    parent = path.parent if not is_dir else path.parent
-    if not parent.exists():
-        raise OutputPathError(str(path), f"directory '{parent}' does not exist")
-    if path.exists() and not overwrite:
-        raise OutputExistsError(str(path))
-    return path
