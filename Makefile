@@ -25,7 +25,7 @@ validate: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m slow
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) -m benchmarks.run_all
 
 lint: $(STAMP)
 	.venv/bin/ruff check .
