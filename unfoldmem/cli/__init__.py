@@ -13,6 +13,7 @@ import typer
 
 from unfoldmem import __version__
 from unfoldmem.cli import cards as cards_cli
+from unfoldmem.cli import inference as inference_cli
 from unfoldmem.cli import inspect as inspect_cli
 from unfoldmem.cli._common import state
 from unfoldmem.errors import NotYetAvailableError, UnfoldmemError
@@ -65,10 +66,7 @@ _stub("train", "Train a cINN or transfer-function flow from a model card")
 _stub("unfold", "Unfold detector events with a trained cINN")
 _stub("omnifold", "OmniFold unfolding by classifier reweighting")
 _stub("likelihood", "Per-event MEM likelihoods over a θ grid")
-_stub("scan", "Likelihood scan from per-event likelihoods")
-_stub("fit", "Maximum-likelihood fit of θ")
-_stub("posterior", "Posterior of θ with NUTS")
-_stub("calibrate", "Pseudo-experiment calibration: bias, pulls, coverage")
+inference_cli.register(app)
 _stub("quality", "Quality report of a generative model")
 _stub("export", "Export a trained model to ONNX")
 _stub("demo", "Small end-to-end analysis with a report")
@@ -86,10 +84,10 @@ def main() -> None:
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(1)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except typer.TyperException as exc:
+        # usage errors (bad option, missing argument): click's message and exit code 2
+        show = getattr(exc, "show", None)
+        if show is None:
+            raise
+        show()
+        sys.exit(getattr(exc, "exit_code", 2))

@@ -79,10 +79,8 @@ def convert(
     Example: ``unfoldmem convert tests/data/uproot-Zmumu.root -b cards/branchmaps/cms_zmumu.yaml -o zmumu.root``.
     """
     if on_nan not in ("error", "drop"):
-        import click
-
         msg = f"--on-nan must be 'error' or 'drop', not {on_nan!r}"
-        raise click.BadParameter(msg)
+        raise typer.BadParameter(msg)
     bmap = load_card(branchmap, "branchmap") if branchmap else None
     with EventWriter(output, overwrite=overwrite, metadata={"source": str(file)}) as w:
         for chunk in iterate_detector(file, None, bmap, on_nan=on_nan):  # type: ignore[arg-type]
