@@ -13,6 +13,11 @@ DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
 
 
+# Small tensors: one intra-op thread avoids oversubscription (measured 35x slower with 2 threads
+# on a loaded 2-core machine, see benchmarks/bench_physics_core.py --threads).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
