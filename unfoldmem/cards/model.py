@@ -2,17 +2,104 @@ r"""Model cards: architecture and training settings of a cINN or transfer-functi
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from unfoldmem.cards.base import StrictModel
 
-__all__ = ["ModelCard"]
+__all__ = [
+    "EncodingConfig",
+    "FlowConfig",
+    "ConditionConfig",
+    "TransferConfig",
+    "TrainingConfig",
+    "UncertaintyConfig",
+    "ModelCard",
+]
+
+
+class EncodingConfig(StrictModel):
+    """How events become tensors (see :mod:`unfoldmem.flows.encoding`)."""
+
+    relative_phi: bool = Field(True, description="phi of objects 1.. relative to object 0")
+    mass_offset: PositiveFloat = Field(1.0, description="m0 in log(m + m0), GeV")
+    max_jets: PositiveInt = Field(8, description="jet slots of the padded reco tensor")
+    max_leptons: PositiveInt = Field(2, description="muon and electron slots (each)")
+
+
+class FlowConfig(StrictModel):
+    """A conditional coupling flow with rational-quadratic spline couplings."""
+
+    transforms: PositiveInt = Field(6, description="number of coupling layers")
+    bins: int = Field(10, ge=2, description="spline bins K")
+    hidden: list[PositiveInt] = Field([128, 128], description="hidden widths of each coupling MLP")
+    slope: PositiveFloat = Field(1e-3, description="minimum spline slope")
+    affine: bool = Field(
+        True, description="start with a context-dependent element-wise affine map (location/scale)"
+    )
+
+
+class ConditionConfig(StrictModel):
+    """Condition network of the cINN: a deep set (optionally with self-attention) over reco objects."""
+
+    embed: PositiveInt = Field(64, description="per-object embedding width")
+    hidden: list[PositiveInt] = Field([64, 64], description="hidden widths of the phi and rho MLPs")
+    context: PositiveInt = Field(32, description="context vector handed to the flow")
+    attention_layers: NonNegativeInt = Field(0, description="self-attention blocks (0: pure deep set)")
+    heads: PositiveInt = Field(4, description="attention heads")
+
+
+class TransferConfig(StrictModel):
+    """Transfer functions: one flow per jet multiplicity and a multiplicity classifier."""
+
+    multiplicities: list[PositiveInt] = Field([4, 5, 6], description="jet multiplicities, ascending")
+    open_last: bool = Field(True, description="the last multiplicity means 'this many or more'")
+    classifier_hidden: list[PositiveInt] = Field([64, 64], description="P(multiplicity|parton) MLP")
+
+    @model_validator(mode="after")
+    def _ascending(self) -> TransferConfig:
+        m = self.multiplicities
+        if not m or any(b <= a for a, b in itertools.pairwise(m)):
+            msg = f"multiplicities must be a non-empty strictly ascending list, got {m}"
+            raise ValueError(msg)
+        return self
+
+
+class TrainingConfig(StrictModel):
+    """Weighted maximum-likelihood training (see :mod:`unfoldmem.flows.training`)."""
+
+    epochs: PositiveInt = 50
+    batch_size: PositiveInt = 1024
+    lr: PositiveFloat = Field(1e-3, description="peak learning rate")
+    weight_decay: float = Field(1e-5, ge=0)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="held-out fraction for validation")
+    patience: NonNegativeInt = Field(10, description="epochs without improvement; 0 disables")
+    seed: NonNegativeInt = 1
+    checkpoint_every: PositiveInt = Field(500, description="optimizer steps between checkpoints")
+    max_grad_norm: PositiveFloat | None = Field(10.0, description="gradient clipping (None: off)")
+
+
+class UncertaintyConfig(StrictModel):
+    """Model uncertainty: none, variational Bayesian weights, or a deep ensemble."""
+
+    method: Literal["none", "bayesian", "ensemble"] = "none"
+    members: PositiveInt = Field(5, description="ensemble members / weight samples at inference")
+    prior_var: PositiveFloat = Field(1.0, description="Gaussian prior variance of Bayesian weights")
+    init_logvar: float = Field(-9.0, description="initial log-variance of Bayesian weights")
 
 
 class ModelCard(StrictModel):
-    """A network to train; the flows issue fills in the architecture and training keys."""
+    """A network to train: which model, its architecture, its training and its uncertainty."""
 
     kind: Literal["model"] = "model"
     name: str = Field(description="model label")
+    model: Literal["cinn", "transfer"] = Field("cinn", description="cINN p(parton|reco) or transfer p(reco|parton)")
+    encoding: EncodingConfig = Field(default_factory=EncodingConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+    condition: ConditionConfig = Field(default_factory=ConditionConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    uncertainty: UncertaintyConfig = Field(default_factory=UncertaintyConfig)

@@ -2,7 +2,7 @@ r"""Process cards: which hard process, at what collider energy, PDF, scales and 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, PositiveFloat
 
@@ -26,6 +26,13 @@ class ProcessCard(StrictModel):
     sqrt_s: PositiveFloat = Field(13000.0, description="hadronic centre-of-mass energy, GeV")
     pdf: str = Field("NNPDF31_lo_as_0118", description="LHAPDF6 set name (member 0 is used)")
     alpha_s_mz: PositiveFloat = Field(0.118, description="αs(m_Z) used with the PDF set")
+    alpha_s: PositiveFloat | None = Field(
+        None, description="fixed αs in |M|², overriding the PDF set's αs(mu_r) (None: use the PDF's)"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="process options, e.g. top_width: lo, bw_cutoff: 15 (see docs/processes.md)",
+    )
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
     theta: dict[str, float] = Field(default_factory=dict, description="parameter values, GeV")
     cuts: dict[str, float] = Field(

@@ -15,6 +15,9 @@ from unfoldmem import __version__
 from unfoldmem.cli import cards as cards_cli
 from unfoldmem.cli import inference as inference_cli
 from unfoldmem.cli import inspect as inspect_cli
+from unfoldmem.cli import omnifold as omnifold_cli
+from unfoldmem.cli import unfold as unfold_cli
+from unfoldmem.cli import xsec as xsec_cli
 from unfoldmem.cli._common import state
 from unfoldmem.errors import NotYetAvailableError, UnfoldmemError
 
@@ -59,12 +62,12 @@ def _stub(verb: str, summary: str) -> None:
 
 cards_cli.register(app)
 inspect_cli.register(app)
+omnifold_cli.register(app)
 # Verbs still to build: each issue replaces its line with `<module>.register(app)`.
-_stub("xsec", "Hadronic cross section of a process card, σ ± MC error")
+xsec_cli.register(app)
 _stub("generate", "Generate parton and detector events from a run card")
 _stub("train", "Train a cINN or transfer-function flow from a model card")
-_stub("unfold", "Unfold detector events with a trained cINN")
-_stub("omnifold", "OmniFold unfolding by classifier reweighting")
+unfold_cli.register(app)
 _stub("likelihood", "Per-event MEM likelihoods over a θ grid")
 inference_cli.register(app)
 _stub("quality", "Quality report of a generative model")

@@ -1,0 +1,232 @@
+"""cINN unfolding on a Gaussian toy whose posterior is known: sampling, files, layout checks, calibration.
+
+The toy (shared with the acceptance, iterative and CLI tests): two muons (μ⁻, μ⁺) with
+independent log-normal pt (40 GeV · e^{0.25 z}), η ~ N(η₀, 1) and uniform φ, plus two beam
+partons along z; the parametric detector smears pt by 10 %, η by σ_η = 0.4 and φ by 0.1 rad.
+For η the posterior is the conjugate Gaussian N(η_r/(1+σ²), σ²/(1+σ²)) (η₀ = 0).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import awkward as ak
+import numpy as np
+import pytest
+import torch
+
+from unfoldmem.cards.detector import DetectorCard
+from unfoldmem.cards.model import ModelCard
+from unfoldmem.errors import ModelError
+from unfoldmem.flows.bayesian import DeepEnsemble
+from unfoldmem.physics.observables import observables_for
+from unfoldmem.simulate.detector import ParametricDetector
+from unfoldmem.unfold.cinn_unfold import (
+    ModelLayout,
+    check_data,
+    read_unfolded,
+    sample_posterior,
+    unfold,
+    write_unfolded,
+)
+from unfoldmem.unfold.iterative import Simulation, train_cinn
+from unfoldmem.unfold.report import (
+    calibration,
+    closure,
+    truth_histograms,
+    truth_values,
+    unfolded_histograms,
+)
+
+SIGMA_ETA = 0.4
+MODEL_CARD = ModelCard(
+    name="toy",
+    flow={"transforms": 4, "hidden": [48, 48], "bins": 8},
+    condition={"embed": 16, "hidden": [32], "context": 8},
+    training={"epochs": 20, "batch_size": 128, "lr": 3e-3, "patience": 0, "seed": 1},
+    encoding={"max_jets": 1, "max_leptons": 2},
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # 2 shared cores: intra-op threads only add contention for these small networks
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def toy_detector(eta_max: float = 10.0, efficiency: float = 1.0) -> DetectorCard:
+    """Muon-only parametric detector of the toy (no ISR, small MET noise)."""
+    return DetectorCard(
+        muons={"mass": 0.1056583755, "pt_min": 1.0, "eta_max": eta_max, "eta_edges": [0.0, 20.0],
+               "resolution": {"a": [0.10], "b": [0.0]}, "sigma_eta": [SIGMA_ETA],
+               "sigma_phi": [0.1], "efficiency": [efficiency]},
+        isr={"distribution": "none", "mean": 0.0},
+        met={"noise": 5.0, "noise_sumet": 0.0},
+    )
+
+
+def make_toy(n: int, seed: int = 1, eta_mean: float = 0.0, pt_scale: float = 40.0,
+             eta_max: float = 10.0, efficiency: float = 1.0,
+             weight: np.ndarray | None = None) -> tuple[ak.Array, ak.Array]:
+    """Detector records (passing events) and parton records (all events) of the toy."""
+    g = np.random.default_rng(seed)
+    pt = pt_scale * np.exp(0.25 * g.standard_normal((n, 2)))
+    eta = g.normal(eta_mean, 1.0, (n, 2))
+    phi = g.uniform(-np.pi, np.pi, (n, 2))
+    m = 0.1056583755
+    mom = np.stack([np.sqrt((pt * np.cosh(eta)) ** 2 + m * m), pt * np.cos(phi),
+                    pt * np.sin(phi), pt * np.sinh(eta)], -1)
+    beam = np.zeros((n, 2, 4))
+    beam[:, 0, [0, 3]] = 100.0
+    beam[:, 1, 0], beam[:, 1, 3] = 100.0, -100.0
+    allp = np.concatenate([beam, mom], 1)
+    out = ParametricDetector(toy_detector(eta_max, efficiency)).simulate(
+        torch.from_numpy(mom), torch.tensor([[13, -13]]).expand(n, 2),
+        torch.Generator().manual_seed(seed))
+    reco = out.to_awkward()
+    passed = (out.muons.count == 2).numpy()
+    eid = np.arange(n, dtype=np.int64) + 1_000_000 * seed
+    w = np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64)
+    pdg = np.tile(np.array([2, -2, 13, -13], dtype=np.int32), (n, 1))
+    parts = {k: allp[..., i].reshape(-1) for i, k in enumerate(("E", "px", "py", "pz"))}
+    parts["pdgId"] = pdg.reshape(-1)
+    partons = ak.zip({
+        "event_id": eid, "weight": w, "pass_reco": passed, "x1": np.full(n, 0.01),
+        "x2": np.full(n, 0.01), "id1": np.full(n, 2, np.int32), "id2": np.full(n, -2, np.int32),
+        "partons": ak.unflatten(ak.zip(parts), np.full(n, 4)),
+    }, depth_limit=1)
+    f = ("pt", "eta", "phi", "mass")
+    det = ak.zip({
+        "event_id": eid, "weight": w, "jets": reco.jets[[*f, "btag"]],
+        "muons": reco.muons[[*f, "charge"]], "electrons": reco.electrons[[*f, "charge"]],
+        "met": reco.met,
+    }, depth_limit=1)
+    return det[passed], partons
+
+
+@functools.cache
+def trained_toy() -> tuple[torch.nn.Module, Simulation, ModelLayout]:
+    """A small cINN trained once per session on 4000 toy events (η₀ = 0)."""
+    torch.set_num_threads(1)
+    det, par = make_toy(4000, seed=1)
+    sim = Simulation(det, par)
+    model, _ = train_cinn(MODEL_CARD, sim)
+    return model, sim, ModelLayout.from_training(par[sim.pass_index], det)
+
+
+KW = {"max_jets": 1, "max_leptons": 2, "quiet": True}
+
+
+def test_layout_from_training_data() -> None:
+    """Slots: beam partons (pt = 0) dropped, μ⁻ μ⁺ kept; multiplicities seen; process guessed."""
+    det, par = make_toy(200, seed=3)
+    lay = ModelLayout.from_training(par[ak.to_numpy(par.pass_reco)], det)
+    assert lay.parton_pdg == [13, -13]
+    assert lay.multiplicity == {"jets": [0, 0], "muons": [2, 2], "electrons": [0, 0]}
+    assert lay.process == "drell_yan" and lay.met and lay.sign_varies == []
+    assert ModelLayout.from_dict(lay.to_dict()) == lay
+
+
+def test_samples_seeded_and_root_round_trip(tmp_path) -> None:
+    """Same seed → identical samples; unfolded.root reads back exactly; Σ weight = Σ data weights."""
+    model, _, lay = trained_toy()
+    det, _ = make_toy(60, seed=5, weight=np.linspace(0.5, 2.0, 60))
+    a = sample_posterior(model, det, lay, 7, chunk_size=25, seed=3, **KW)
+    b = sample_posterior(model, det, lay, 7, chunk_size=25, seed=3, **KW)
+    c = sample_posterior(model, det, lay, 7, seed=4, **KW)
+    assert a.momenta.shape == (7, len(det), 2, 4)
+    assert torch.equal(a.momenta, b.momenta)
+    assert not torch.equal(a.momenta, c.momenta)
+    n = write_unfolded(tmp_path / "unfolded.root", [a])
+    assert n == 7 * len(det)
+    back = read_unfolded(tmp_path / "unfolded.root")
+    assert torch.equal(back.momenta, a.momenta) and torch.equal(back.pdg, a.pdg)
+    np.testing.assert_array_equal(back.event_id, ak.to_numpy(det.event_id))
+    np.testing.assert_allclose(back.weight, ak.to_numpy(det.weight), rtol=1e-12)
+    # on-shell muons: the sampled masses are the fixed mass of the encoding
+    mass2 = a.momenta[..., 0] ** 2 - (a.momenta[..., 1:] ** 2).sum(-1)
+    assert torch.allclose(mass2.clamp_min(0).sqrt(), torch.tensor(0.1056583755, dtype=torch.float64),
+                          atol=1e-6 * float(a.momenta[..., 0].max()))
+
+
+def test_layout_refuses_mismatched_data() -> None:
+    """Data without muons, with electrons, or without MET are refused with a ModelError naming it."""
+    _, _, lay = trained_toy()
+    det, _ = make_toy(50, seed=6)
+    no_mu = ak.with_field(det, det.muons[:, :0], "muons")
+    with pytest.raises(ModelError, match=r"data\.root.*no muons in any event"):
+        check_data(lay, no_mu, "models/toy", "data.root")
+    with_e = ak.with_field(det, det.muons, "electrons")
+    with pytest.raises(ModelError, match="have electrons, which the model never saw"):
+        check_data(lay, with_e, "models/toy", "data.root")
+    no_met = ak.with_field(det, ak.zip({"pt": np.zeros(50), "phi": np.zeros(50)}), "met")
+    with pytest.raises(ModelError, match="MET is zero"):
+        check_data(lay, no_met, "models/toy", "data.root")
+    one_mu = ak.with_field(det, det.muons[:, :1], "muons")
+    with pytest.raises(ModelError, match="fewer than 2 muons"):
+        check_data(lay, one_mu, "models/toy", "data.root")
+    check_data(lay, det, "models/toy", "data.root")
+
+
+def test_eta_posterior_matches_conjugate_gaussian() -> None:
+    """η of μ⁻: prior N(0, 1), likelihood N(η_r; η, σ²) → posterior mean η_r/(1+σ²) and
+    width σ/√(1+σ²) (conjugate normal; Gelman et al., Bayesian Data Analysis, §2.5)."""
+    model, _, lay = trained_toy()
+    det, _ = make_toy(400, seed=7)
+    s = sample_posterior(model, det, lay, 200, **KW)
+    eta = torch.atanh(s.momenta[..., 0, 3] / s.momenta[..., 0, 1:].norm(dim=-1))  # μ⁻ slot
+    mu_reco = det.muons[det.muons.charge < 0].eta
+    eta_r = torch.tensor(ak.to_numpy(ak.firsts(mu_reco)))
+    s2 = SIGMA_ETA**2
+    mean_exact, sd_exact = eta_r / (1 + s2), SIGMA_ETA / math.sqrt(1 + s2)
+    bias = (eta.mean(0) - mean_exact).mean()
+    # each event's sample mean has error sd/√200; the mean over 400 events sd/√80000
+    assert abs(float(bias)) < 0.05
+    assert float((eta.mean(0) - mean_exact).abs().mean()) < 0.15 * sd_exact + 4 * sd_exact / math.sqrt(200)
+    ratio = float(eta.std(0).mean()) / sd_exact
+    assert 0.85 < ratio < 1.15
+
+
+def test_calibration_and_closure_on_held_out_events() -> None:
+    """Held-out toy events: the fraction of true values inside each event's central 68% sample
+    interval is in [0.63, 0.73] per observable, and the unfolded marginals close on the truth
+    of the same events with χ²/ndf < 1.5 (errors: bootstrap ⊕ truth Poisson)."""
+    model, _, lay = trained_toy()
+    det, par = make_toy(1500, seed=11)
+    obs = observables_for("drell_yan")
+    samples = unfold(model, det, lay, obs, 60, **KW)
+    truth = Simulation(det, par)
+    mom, pdg = truth.momenta(), torch.tensor(lay.parton_pdg)
+    cal = calibration(samples, truth_values(mom[truth.pass_index], pdg, obs))
+    for name, frac in cal.items():
+        assert 0.63 <= frac <= 0.73, (name, frac)
+    h = unfolded_histograms(samples, obs, "reco", n_replicas=50)
+    t = truth_histograms(mom, pdg, truth.weight, ak.to_numpy(par.pass_reco), obs, "reco")
+    for name, c in closure(h, t).items():
+        assert c["chi2_ndf"] < 1.5, (name, c)
+
+
+def test_ensemble_members_give_a_model_band() -> None:
+    """Two different networks as an ensemble: samples split by member, model band > 0, and the
+    combined error is the quadrature sum of its parts."""
+    model, _, lay = trained_toy()
+    other = type(model)(model.parton_encoding, model.reco_encoding, MODEL_CARD.flow,
+                        MODEL_CARD.condition)
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in other.flow.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ens = DeepEnsemble(lambda: model, 1)
+    ens.ensemble.append(other)
+    det, _ = make_toy(300, seed=12)
+    obs = observables_for("drell_yan")[:2]
+    samples = unfold(ens, det, lay, obs, 20, **KW)
+    assert samples.members == 2 and samples.n_samples == 20
+    h = unfolded_histograms(samples, obs, "reco", n_replicas=20)["pt_lminus"]
+    assert h.members == 2 and float(h.model.max()) > 0
+    np.testing.assert_allclose(h.total, np.sqrt(h.stat**2 + h.model**2 + h.eff**2))
+    np.testing.assert_allclose(sum(h.member_values) / 2, h.values, rtol=1e-9)

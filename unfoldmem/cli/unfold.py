@@ -1,0 +1,173 @@
+r"""`unfoldmem unfold`: cINN unfolding of detector events, with uncertainties, plots and a summary."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from unfoldmem.cli._common import console, state
+
+__all__ = ["register", "unfold"]
+
+
+def unfold(
+    data: Path = typer.Argument(..., help="Detector-level ROOT file to unfold."),
+    model: Path = typer.Option(..., "--model", "-m", help="Trained cINN model directory."),
+    n_samples: int = typer.Option(100, "-n", "--samples", min=1, help="Posterior samples per event."),
+    output: Path = typer.Option(Path("out"), "--output", "-o", help="Output directory."),
+    iterations: int = typer.Option(0, "--iterations", "-k", min=0,
+                                   help="Iterative prior removal: reweight + retrain K times (needs --sim)."),
+    sim: Path = typer.Option(None, "--sim", help="The training simulation (ROOT with Events and Partons)."),
+    phase_space: str = typer.Option("reco", "--phase-space",
+                                    help="reco (passing events, no correction) | fiducial | full (need --sim)."),
+    branchmap: Path = typer.Option(None, "--branchmap", "-b", help="Branch-map card of the data file."),
+    process: str = typer.Option(None, "--process", help="Observable set (default: from the model)."),
+    replicas: int = typer.Option(100, "--replicas", min=2, help="Bootstrap replicas."),
+    members: int = typer.Option(None, "--members", min=2, help="Bayesian draws / ensemble members."),
+    chunk_size: int = typer.Option(2000, "--chunk-size", min=1, help="Events per sampling chunk."),
+    seed: int = typer.Option(0, "--seed", help="Seed of sampling, bootstrap and iterations."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write plots/<observable>.png."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+) -> None:
+    """Unfold DATA with a trained cINN: OUT/unfolded.root, histograms.root, plots/, summary.json.
+
+    Example: ``unfoldmem unfold data.root --model models/cinn -n 100 -o out/``
+    (add ``--sim sim.root --phase-space full`` for the efficiency correction,
+    ``--iterations 3 --sim sim.root`` for iterative prior removal).
+    """
+    import awkward as ak
+    import numpy as np
+    import torch
+
+    from unfoldmem.cards import load_card
+    from unfoldmem.errors import ModelError
+    from unfoldmem.flows.model_dir import load_model, save_model
+    from unfoldmem.io import PARTON_TREE, has_tree, read_detector, read_partons
+    from unfoldmem.io.atomic import atomic_path, check_writable
+    from unfoldmem.physics.observables import guess_process, observables_for
+    from unfoldmem.unfold.acceptance import PHASE_SPACES, FiducialCuts, efficiencies
+    from unfoldmem.unfold.cinn_unfold import ModelLayout, check_data, load_layout
+    from unfoldmem.unfold.cinn_unfold import unfold as run_unfold
+    from unfoldmem.unfold.iterative import IterativeConfig, Simulation, iterate
+    from unfoldmem.unfold.report import (
+        calibration,
+        truth_histograms,
+        truth_values,
+        unfolded_histograms,
+        write_outputs,
+    )
+    from unfoldmem.weights import weight_diagnostics
+
+    t0 = time.perf_counter()
+    if phase_space not in PHASE_SPACES:
+        msg = f"expected one of {', '.join(PHASE_SPACES)}, got {phase_space!r}"
+        raise typer.BadParameter(msg, param_hint="--phase-space")
+    if (iterations > 0 or phase_space != "reco") and sim is None:
+        what = "--iterations" if iterations > 0 else f"--phase-space {phase_space}"
+        msg = f"{what} needs the training simulation: pass --sim sim.root"
+        raise typer.BadParameter(msg, param_hint="--sim")
+    check_writable(output, overwrite)
+    bmap = load_card(branchmap, "branchmap") if branchmap else None
+    loaded = load_model(model, device=device)
+    if loaded.card.model != "cinn":
+        raise ModelError(str(model), f"is a '{loaded.card.model}' model; unfolding needs a cINN")
+    simulation = None
+    if sim is not None:
+        simulation = Simulation(read_detector(sim), read_partons(sim))
+    layout = load_layout(model, loaded.meta)
+    if layout is None:
+        if simulation is None:
+            raise ModelError(str(model), "has no layout (meta.json 'layout' or layout.json): "
+                             "pass --sim with the training simulation to derive it")
+        layout = ModelLayout.from_training(simulation.partons[simulation.pass_index], simulation.events)
+    n_slots = loaded.model.parton_encoding.n_objects if hasattr(loaded.model, "parton_encoding") \
+        else len(layout.parton_pdg)
+    if n_slots != len(layout.parton_pdg):
+        raise ModelError(str(model), f"the layout has {len(layout.parton_pdg)} parton slots, "
+                         f"the network models {n_slots}")
+    proc = process or layout.process or guess_process(layout.parton_pdg)
+    obs = observables_for(proc)
+    events = read_detector(data, branchmap=bmap)
+    check_data(layout, events, str(model), str(data))
+    enc = loaded.card.encoding
+    quiet = state.quiet
+    net: Any = loaded.model
+    sim_weight = None
+    iter_summary: list[dict[str, Any]] = []
+    cuts = FiducialCuts()
+    with atomic_path(output, overwrite, directory=True) as tmp:
+        if iterations > 0:
+            assert simulation is not None
+            res = iterate(net, loaded.card, events, simulation, layout, obs,
+                          IterativeConfig(iterations=iterations, seed=seed), quiet=quiet,
+                          device=device)
+            net, sim_weight, iter_summary = res.model, res.weights, res.summary()
+            save_model(tmp / "model", net, loaded.card, loaded.meta.get("data_hash", ""),
+                       n_events=len(simulation.events))
+            layout.save(tmp / "model")
+        samples = run_unfold(net, events, layout, obs, n_samples, output=tmp / "unfolded.root",
+                             cuts=cuts, members=members, max_jets=enc.max_jets,
+                             max_leptons=enc.max_leptons, chunk_size=chunk_size, seed=seed,
+                             device=device, quiet=quiet)
+        effs = None
+        if phase_space != "reco":
+            assert simulation is not None
+            w = simulation.weight if sim_weight is None else sim_weight
+            effs = efficiencies(simulation.momenta(), torch.tensor(layout.parton_pdg), w,
+                                ak.to_numpy(simulation.partons.pass_reco), obs, phase_space, cuts)
+        hists = unfolded_histograms(samples, obs, phase_space, effs, replicas, seed)
+        truth = None
+        extra: dict[str, Any] = {}
+        if has_tree(data, PARTON_TREE):
+            truth_sim = Simulation(events, read_partons(data))
+            mom = truth_sim.momenta()
+            pdg = torch.tensor(layout.parton_pdg)
+            truth = truth_histograms(mom, pdg, truth_sim.weight,
+                                     ak.to_numpy(truth_sim.partons.pass_reco), obs, phase_space, cuts)
+            extra["calibration_68"] = calibration(
+                samples, truth_values(mom[truth_sim.pass_index], pdg, obs))
+        summary = {
+            "data": str(data), "model": str(model), "process": proc, "events": len(events),
+            "samples_per_event": samples.n_samples, "members": samples.members,
+            "phase_space": phase_space, "fiducial_cuts": cuts.model_dump(),
+            "unfolded_entries": samples.entries, "bootstrap_replicas": replicas, "seed": seed,
+            "data_weights": weight_diagnostics(np.asarray(samples.weight)),
+            "truth_available": truth is not None, "iterations": iter_summary, **extra,
+        }
+        result = write_outputs(tmp, hists, truth, effs, summary, plots=plots)
+        result["seconds"] = time.perf_counter() - t0
+        import json
+
+        (tmp / "summary.json").write_text(json.dumps(result, indent=1))
+    if not quiet:
+        _print(result, output)
+
+
+def _print(result: dict[str, Any], output: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"unfolded ({result['phase_space']}), {result['events']} events, "
+                        f"{result['samples_per_event']} samples/event")
+    for col in ("observable", "Σ unfolded", "rel. stat", "rel. total", "χ²/ndf vs truth"):
+        table.add_column(col)
+    clos = result.get("closure", {})
+    for name, h in result["observables"].items():
+        vals = [v for v in h["values"] if v is not None]
+        tot = sum(vals)
+        stat = sum(s for s in h["stat"] if s is not None)
+        total = sum(s for s in h["total"] if s is not None)
+        c = clos.get(name, {}).get("chi2_ndf")
+        table.add_row(name, f"{tot:.4g}", f"{stat / tot:.3f}" if tot else "-",
+                      f"{total / tot:.3f}" if tot else "-", "-" if c is None else f"{c:.2f}")
+    console.print(table)
+    console.print(f"wrote {output}/unfolded.root, histograms.root, plots/, summary.json "
+                  f"in {result['seconds']:.1f} s")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``unfold`` to the app."""
+    app.command("unfold")(unfold)

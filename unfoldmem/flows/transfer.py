@@ -1,0 +1,263 @@
+r"""Transfer functions W(reco | parton): one conditional flow per jet multiplicity + P(n | parton).
+
+The learned transfer density is
+
+.. math:: W(x \mid p) = P(k(x) \mid p)\; q_{k}\big(y_k(x) \mid p\big)\,
+    \left|\det \partial y_k/\partial x\right|,
+
+where :math:`k(x)` is the multiplicity class of the reco event (4, 5, 6+ jets for tt̄),
+:math:`P(k \mid p)` a categorical network, :math:`y_k` the
+:class:`~unfoldmem.flows.encoding.ObjectEncoding` of the class-k reco objects and
+:math:`q_k` a spline coupling flow conditioned on the encoded partons. Summed over classes and
+integrated over reco space W is 1: it is normalised over the selected reco space (the
+efficiency :math:`\epsilon(p)` is a separate factor of the MEM). In an open last class
+("6+") the flow models the leading jets (the first ``multiplicity`` jets in slot order) and the
+density is marginal over any further jets.
+
+Reco events use the padded layout of :func:`~unfoldmem.flows.encoding.pad_reco`:
+(..., slots, 7) columns (pt, eta, phi, m, btag, charge, type) and a mask; the non-jet objects
+(MET, leptons) must be the same number in every event; jets are type 3.
+
+References:
+    | The Matrix Element Method with two invertible networks (Heimel et al., 2023)
+    | https://arxiv.org/abs/2310.07752
+
+Example:
+    >>> partons = torch.rand(32, 2, 4) * torch.tensor([50.0, 1, 1, 0]) + torch.tensor([20.0, 0, 0, 0])
+    >>> reco = torch.zeros(32, 3, 7); reco[..., 6] = 3
+    >>> reco[:, :2, :4] = partons + torch.rand(32, 2, 4)
+    >>> reco[:16, 2, :4] = torch.tensor([25.0, 0.1, 0.2, 3.0])
+    >>> mask = reco[..., 0] > 0
+    >>> cfg = TransferConfig(multiplicities=[2, 3], classifier_hidden=[8])
+    >>> model = TransferFlow.from_data(partons, reco, mask, config=cfg,
+    ...                                flow=FlowConfig(transforms=2, hidden=[8]))
+    >>> model(partons).log_prob(reco, mask).shape
+    torch.Size([32])
+    >>> model(partons).sample((5,)).shape
+    torch.Size([5, 32, 3, 7])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution
+from zuko.nn import MLP
+
+from unfoldmem.cards.model import EncodingConfig, FlowConfig, TransferConfig
+from unfoldmem.flows.cinn import CouplingNSF
+from unfoldmem.flows.encoding import ObjectEncoding
+
+__all__ = ["TransferFlow", "TransferDistribution", "jet_count"]
+
+JET = 3
+
+
+def jet_count(reco: Tensor, mask: Tensor) -> Tensor:
+    """Number of valid jets per event; (..., slots, 7), (..., slots) -> (...) long."""
+    return (mask & (reco[..., 6] == JET)).sum(-1)
+
+
+def _keep(reco: Tensor, mask: Tensor, cap: int) -> Tensor:
+    is_jet = mask & (reco[..., 6] == JET)
+    rank = torch.cumsum(is_jet.long(), -1)
+    return mask & ~(is_jet & (rank > cap))
+
+
+def _gather(reco: Tensor, mask: Tensor, cap: int) -> Tensor:
+    """Valid objects of events that all have the same count: (n, slots, 7) -> (n, count, 4)."""
+    keep = _keep(reco, mask, cap)
+    counts = keep.sum(-1)
+    if counts.numel() == 0:
+        return reco.new_zeros(0, cap, 4)
+    if bool((counts != counts[0]).any()):
+        msg = (f"the number of non-jet reco objects differs between events ({sorted(set(counts.tolist()))}"
+               f" objects with {cap} jets); transfer flows need a fixed set of leptons/MET")
+        raise ValueError(msg)
+    return reco[..., :4][keep].view(reco.shape[0], int(counts[0]), 4)
+
+
+class TransferFlow(nn.Module):
+    r"""W(reco | parton) as a lazy distribution: ``model(partons).log_prob(reco, mask)``.
+
+    Arguments:
+        parton_encoding: encoding of the partons (the context of every flow).
+        reco_encodings: one :class:`ObjectEncoding` per multiplicity class.
+        config: multiplicities, open last class, classifier widths.
+        flow: coupling-flow architecture shared by the classes.
+        fixed_types: (n_fixed,) type codes of the non-jet objects (for samples).
+    """
+
+    def __init__(
+        self,
+        parton_encoding: ObjectEncoding,
+        reco_encodings: list[ObjectEncoding],
+        config: TransferConfig | None = None,
+        flow: FlowConfig | None = None,
+        fixed_types: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config or TransferConfig()
+        if len(reco_encodings) != len(self.config.multiplicities):
+            msg = f"{len(reco_encodings)} reco encodings for {len(self.config.multiplicities)} classes"
+            raise ValueError(msg)
+        self.parton_encoding = parton_encoding
+        self.reco_encodings = nn.ModuleList(reco_encodings)
+        dp = parton_encoding.n_features
+        self.flows = nn.ModuleList(CouplingNSF(e.n_features, dp, flow) for e in reco_encodings)
+        self.classifier = MLP(dp, len(reco_encodings), list(self.config.classifier_hidden),
+                              activation=nn.SiLU)
+        types = torch.zeros(0) if fixed_types is None else torch.as_tensor(fixed_types)
+        self.register_buffer("fixed_types", types.to(torch.float64))
+
+    @property
+    def multiplicities(self) -> list[int]:
+        """Jet multiplicity of each class (the last one is 'or more' if ``open_last``)."""
+        return list(self.config.multiplicities)
+
+    def class_of(self, n_jets: Tensor) -> Tensor:
+        """Class index per event, -1 outside every class; (...) long -> (...) long."""
+        mult = torch.as_tensor(self.multiplicities, device=n_jets.device)
+        cls = torch.full_like(n_jets, -1)
+        for k, m in enumerate(mult.tolist()):
+            cls[n_jets == m] = k
+        if self.config.open_last:
+            cls[n_jets > mult[-1]] = len(mult) - 1
+        return cls
+
+    @classmethod
+    def from_data(
+        cls,
+        partons: Tensor,
+        reco: Tensor,
+        mask: Tensor,
+        weight: Tensor | None = None,
+        config: TransferConfig | None = None,
+        flow: FlowConfig | None = None,
+        encoding: EncodingConfig | None = None,
+    ) -> TransferFlow:
+        """Build with encodings fitted per class to (weighted) data.
+
+        Arguments:
+            partons: (n, n_partons, 4) (pt GeV, eta, phi, m GeV).
+            reco: (n, slots, 7) padded reco objects; mask (n, slots) bool.
+            weight: (n,) event weights.
+        """
+        config = config or TransferConfig()
+        encoding = encoding or EncodingConfig()
+        kw = {"relative_phi": encoding.relative_phi, "mass_offset": encoding.mass_offset}
+        penc = ObjectEncoding.fit(partons, weight, **kw)
+        probe = cls(penc, [penc] * len(config.multiplicities), config, FlowConfig(transforms=1,
+                                                                              hidden=[1]))
+        classes = probe.class_of(jet_count(reco, mask))
+        encs = []
+        for k, m in enumerate(config.multiplicities):
+            rows = classes == k
+            if not bool(rows.any()):
+                msg = f"no training event has {m} jets (multiplicities {config.multiplicities})"
+                raise ValueError(msg)
+            objs = _gather(reco[rows], mask[rows], m)
+            encs.append(ObjectEncoding.fit(objs, None if weight is None else weight[rows], **kw))
+        first = reco[0][mask[0] & (reco[0, :, 6] != JET)]
+        return cls(penc, encs, config, flow, first[:, 6])
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.classifier.parameters()).dtype
+
+    def context(self, partons: Tensor) -> Tensor:
+        """Encoded partons (..., n, 4) -> (..., D_parton) in the network dtype."""
+        return self.parton_encoding(partons)[0].to(self._dtype)
+
+    def forward(self, partons: Tensor) -> TransferDistribution:
+        """W(· | partons) for partons (B, n_partons, 4) (pt, eta, phi, m)."""
+        return TransferDistribution(self, self.context(partons))
+
+    def prepare(
+        self, partons: Tensor, reco: Tensor, mask: Tensor, weight: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Encode training data once into a dict for :func:`unfoldmem.flows.training.train`.
+
+        Raises:
+            ValueError: events whose jet multiplicity is in no class.
+        """
+        classes = self.class_of(jet_count(reco, mask))
+        if bool((classes < 0).any()):
+            bad = sorted(set(jet_count(reco, mask)[classes < 0].tolist()))
+            msg = f"{int((classes < 0).sum())} events have jet counts {bad} outside {self.multiplicities}"
+            raise ValueError(msg)
+        dmax = max(e.n_features for e in self.reco_encodings)
+        x = torch.zeros(reco.shape[0], dmax, dtype=self._dtype)
+        for k, m in enumerate(self.multiplicities):
+            rows = classes == k
+            if bool(rows.any()):
+                y, _ = self.reco_encodings[k](_gather(reco[rows], mask[rows], m))
+                x[rows, : y.shape[-1]] = y.to(self._dtype)
+        w = torch.ones(reco.shape[0], dtype=torch.float64) if weight is None else weight.double()
+        return {"context": self.context(partons), "cls": classes, "x": x, "weight": w}
+
+    def nll(self, batch: dict[str, Tensor]) -> Tensor:
+        """Per-event -log W in feature space (B,) of a :meth:`prepare` batch."""
+        ctx, cls, x = batch["context"], batch["cls"], batch["x"]
+        out = -torch.log_softmax(self.classifier(ctx), -1).gather(-1, cls[:, None])[:, 0]
+        parts = torch.zeros_like(out)
+        for k, (enc, flow) in enumerate(zip(self.reco_encodings, self.flows, strict=True)):
+            rows = cls == k
+            if bool(rows.any()):
+                lp = flow(ctx[rows]).log_prob(x[rows, : enc.n_features])
+                parts = parts.index_put((rows.nonzero()[:, 0],), -lp)
+        return out + parts
+
+
+class TransferDistribution(Distribution):
+    """W(reco | partons) for a batch of parton events (returned by :class:`TransferFlow`).
+
+    ``log_prob(reco, mask)`` takes padded reco (..., B, slots, 7) and returns (..., B) float64,
+    the density per unit (pt, eta, phi[, m]) of every modelled object, −inf for multiplicities
+    in no class. ``sample(shape)`` returns (*shape, B, n_fixed + max_jets, 7) with zero padding.
+    """
+
+    arg_constraints: dict[str, Any] = {}  # noqa: RUF012 (torch's own class attribute)
+
+    def __init__(self, model: TransferFlow, context: Tensor) -> None:
+        self.model = model
+        self.ctx = context
+        self.logits = torch.log_softmax(model.classifier(context), -1)
+        super().__init__(batch_shape=context.shape[:-1], validate_args=False)
+
+    def log_prob(self, value: Tensor, mask: Tensor | None = None) -> Tensor:
+        """log W(value | partons); value (..., slots, 7), mask (..., slots) (default pt > 0)."""
+        mask = value[..., 0] > 0 if mask is None else mask.bool()
+        lead = torch.broadcast_shapes(value.shape[:-2], self.batch_shape)
+        value = value.expand(*lead, *value.shape[-2:]).reshape(-1, *value.shape[-2:])
+        mask = mask.expand(*lead, mask.shape[-1]).reshape(-1, mask.shape[-1])
+        ctx = self.ctx.expand(*lead, self.ctx.shape[-1]).reshape(-1, self.ctx.shape[-1])
+        logits = self.logits.expand(*lead, self.logits.shape[-1]).reshape(-1, self.logits.shape[-1])
+        classes = self.model.class_of(jet_count(value, mask))
+        out = torch.full(classes.shape, -torch.inf, dtype=torch.float64, device=ctx.device)
+        for k, m in enumerate(self.model.multiplicities):
+            rows = classes == k
+            if not bool(rows.any()):
+                continue
+            y, ladj = self.model.reco_encodings[k](_gather(value[rows], mask[rows], m))
+            lq = self.model.flows[k](ctx[rows]).log_prob(y.to(ctx.dtype)).double()
+            out[rows] = logits[rows, k].double() + lq + ladj
+        return out.view(lead)
+
+    @torch.no_grad()
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
+        """Reco events (*sample_shape, B, n_fixed + max jets, 7), zero-padded."""
+        shape = torch.Size(sample_shape)
+        nfix = self.model.fixed_types.shape[0]
+        slots = nfix + max(self.model.multiplicities)
+        out = self.ctx.new_zeros(*shape, *self.batch_shape, slots, 7, dtype=torch.float64)
+        k_draw = Categorical(logits=self.logits).sample(shape)
+        for k, m in enumerate(self.model.multiplicities):
+            objs = self.model.reco_encodings[k].inverse(self.model.flows[k](self.ctx).sample(shape))
+            sel = k_draw == k
+            out[..., : nfix + m, :4][sel] = objs[sel]
+            out[..., :nfix, 6][sel] = self.model.fixed_types
+            out[..., nfix : nfix + m, 6][sel] = float(JET)
+        return out

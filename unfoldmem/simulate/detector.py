@@ -1,0 +1,526 @@
+r"""The parametric (Delphes-like) detector: smearing, efficiencies, ISR jets, exact transfer density.
+
+Every reconstructed object comes from one parton (or from ISR), so the transfer density of a
+matched object is known in closed form; see :meth:`ParametricDetector.log_density` and
+docs/simulation.md for the formulas, the variables and the Jacobians.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import awkward as ak
+import numpy as np
+import torch
+from torch import Tensor
+
+from unfoldmem.cards.detector import DetectorCard
+from unfoldmem.physics import lorentz
+
+__all__ = [
+    "KIND_ELECTRON",
+    "KIND_INVISIBLE",
+    "KIND_JET",
+    "KIND_MUON",
+    "KIND_NONE",
+    "REASONS",
+    "DetectorOutput",
+    "ObjectBlock",
+    "ParametricDetector",
+    "object_kind",
+    "partons_to_tensors",
+]
+
+KIND_NONE, KIND_JET, KIND_MUON, KIND_ELECTRON, KIND_INVISIBLE = 0, 1, 2, 3, 4
+
+#: Reason codes returned with ``log_density(..., with_reason=True)`` (0 means finite).
+REASONS = {
+    0: "ok",
+    1: "reco values outside the acceptance (pt <= pt_min or |eta| >= eta_max)",
+    2: "degenerate parton (E <= 0, pt = 0, |p| > E or E > 1e100 GeV): nothing to smear around",
+    3: "parton type is not reconstructed as an object (neutrino, top, W, padding)",
+    4: "non-finite input (NaN or inf in reco or parton values)",
+    5: "zero probability (efficiency or b-tag probability is 0 for this object)",
+}
+
+_LOG_2PI = math.log(2 * math.pi)
+_SIGMA_FLOOR = 1e-9  # resolutions of 0 are clamped so densities stay finite (a near-delta)
+_ETA_CLAMP = 50.0  # cosh/sinh of smeared eta are evaluated inside this; acceptance is far below
+_E_MAX = 1e100  # GeV; partons above are degenerate (reason 2): their squares would overflow
+
+
+def object_kind(pdg: Tensor) -> Tensor:
+    """Object type of each parton from its PDG id: jet (q, g, τ, γ), muon, electron, invisible (ν).
+
+    Tops, W, Z, H and padding (id 0) are :data:`KIND_NONE` (intermediate or absent).
+    (...) int -> (...) int8 of KIND_* values.
+    """
+    a = pdg.abs()
+    kind = torch.zeros(a.shape, dtype=torch.int8, device=a.device)
+    kind[((a >= 1) & (a <= 5)) | (a == 21) | (a == 15) | (a == 22)] = KIND_JET
+    kind[a == 13] = KIND_MUON
+    kind[a == 11] = KIND_ELECTRON
+    kind[(a == 12) | (a == 14) | (a == 16)] = KIND_INVISIBLE
+    return kind
+
+
+def _log_normal(x: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+    z = (x - mu) / sigma
+    return -0.5 * z * z - torch.log(sigma) - 0.5 * _LOG_2PI
+
+
+def _log_wrapped_normal(dphi: Tensor, sigma: Tensor) -> Tensor:
+    # Five images of the circle are exact to float64 for sigma < 1 rad.
+    d = torch.remainder(dphi + math.pi, 2 * math.pi) - math.pi
+    k = torch.arange(-2, 3, dtype=d.dtype, device=d.device) * (2 * math.pi)
+    z = (d.unsqueeze(-1) + k) / sigma.unsqueeze(-1)
+    return torch.logsumexp(-0.5 * z * z, -1) - torch.log(sigma) - 0.5 * _LOG_2PI
+
+
+def _wrap(phi: Tensor) -> Tensor:
+    return torch.remainder(phi + math.pi, 2 * math.pi) - math.pi
+
+
+def _table(edges: list[float], *columns: list[float]) -> tuple[Tensor, Tensor]:
+    inner = torch.tensor(edges[1:-1], dtype=torch.float64)
+    return inner, torch.tensor(list(zip(*columns, strict=True)), dtype=torch.float64)
+
+
+@dataclass
+class ObjectBlock:
+    """One object collection, padded to a common length and sorted by pt (descending).
+
+    Arguments:
+        pt, eta, phi, mass: (n, k) GeV, -, rad, GeV (0 in padding).
+        tag: (n, k) b-tag 0/1 for jets, charge ±1 for leptons.
+        parton_index: (n, k) int64 index of the source parton in the input, -1 for ISR/padding.
+        mask: (n, k) bool, True for real objects (the first ``count`` entries of each row).
+    """
+
+    pt: Tensor
+    eta: Tensor
+    phi: Tensor
+    mass: Tensor
+    tag: Tensor
+    parton_index: Tensor
+    mask: Tensor
+
+    @property
+    def count(self) -> Tensor:
+        """(n,) number of objects per event."""
+        return self.mask.sum(-1)
+
+    def to_awkward(self, tag_name: str) -> ak.Array:
+        """Jagged records {pt, eta, phi, mass, <tag_name>, parton_index} (numpy-backed)."""
+        counts = self.count.numpy()
+        m = self.mask
+        cols = {
+            "pt": self.pt[m], "eta": self.eta[m], "phi": self.phi[m], "mass": self.mass[m],
+            tag_name: self.tag[m], "parton_index": self.parton_index[m],
+        }
+        return ak.unflatten(ak.zip({k: v.numpy() for k, v in cols.items()}), counts)
+
+
+def _sorted_block(fields: list[Tensor], parton_index: Tensor, mask: Tensor) -> ObjectBlock:
+    key = torch.where(mask, fields[0], torch.full_like(fields[0], -1.0))
+    order = torch.argsort(key, dim=-1, descending=True, stable=True)
+    g = [torch.gather(f, -1, order) for f in fields]
+    g = [torch.where(torch.gather(mask, -1, order), x, torch.zeros_like(x)) for x in g]
+    pidx = torch.gather(parton_index, -1, order)
+    msk = torch.gather(mask, -1, order)
+    return ObjectBlock(*g, parton_index=torch.where(msk, pidx, -1), mask=msk)
+
+
+@dataclass
+class DetectorOutput:
+    """Reconstructed events from :meth:`ParametricDetector.simulate` (n events).
+
+    Arguments:
+        jets, muons, electrons: :class:`ObjectBlock` collections (pt-sorted).
+        met_pt, met_phi: (n,) missing transverse momentum, GeV and rad.
+        met_mean: (n, 2) expected (MET_x, MET_y) given partons and reco objects, GeV.
+        met_sigma: (n,) Gaussian noise per MET component, GeV.
+        n_isr: (n,) number of ISR jets added.
+        passed: (n,) bool, at least one object was reconstructed.
+    """
+
+    jets: ObjectBlock
+    muons: ObjectBlock
+    electrons: ObjectBlock
+    met_pt: Tensor
+    met_phi: Tensor
+    met_mean: Tensor
+    met_sigma: Tensor
+    n_isr: Tensor
+    passed: Tensor
+
+    def to_awkward(self) -> ak.Array:
+        """Records with ``jets``, ``muons``, ``electrons``, ``met`` (CONTRACTS.md layout)."""
+        return ak.zip(
+            {
+                "jets": self.jets.to_awkward("btag"),
+                "muons": self.muons.to_awkward("charge"),
+                "electrons": self.electrons.to_awkward("charge"),
+                "met": ak.zip({"pt": self.met_pt.numpy(), "phi": self.met_phi.numpy()}),
+            },
+            depth_limit=1,
+        )
+
+
+def partons_to_tensors(partons: ak.Array) -> tuple[Tensor, Tensor]:
+    """Parton records (``.partons.{E,px,py,pz,pdgId}``) -> momenta (n, P, 4) GeV, pdg (n, P).
+
+    Events with fewer partons are padded with zero vectors and pdg 0 (:data:`KIND_NONE`).
+    """
+    p = partons.partons
+    width = int(ak.max(ak.num(p, axis=1), initial=0))
+    cols = [
+        ak.to_numpy(ak.fill_none(ak.pad_none(p[k], width, axis=1, clip=True), 0))
+        for k in ("E", "px", "py", "pz", "pdgId")
+    ]
+    mom = torch.from_numpy(np.stack(cols[:4], axis=-1).astype(np.float64))
+    return mom, torch.from_numpy(cols[4].astype(np.int64))
+
+
+class ParametricDetector:
+    r"""A Delphes-like detector whose transfer density is known exactly.
+
+    Jets: :math:`E' \sim \mathcal N(E, \sigma_E)`, :math:`\sigma_E/E = a/\sqrt E \oplus b/E
+    \oplus c`; the jet keeps the parton's velocity β, so :math:`p_T' = E'\beta/\cosh\eta'`
+    and :math:`m' = m E'/E`; :math:`\eta' \sim \mathcal N(\eta, \sigma_\eta)`, :math:`\phi'`
+    wrapped normal. Leptons: :math:`p_T' \sim \mathcal N(p_T, p_T\,(a \oplus b\,p_T))`, same
+    angles. Resolutions and efficiencies use the parton's |η| region (regions are
+    :math:`(e_i, e_{i+1}]`); acceptance cuts act on the reco values.
+
+    References:
+        J. de Favereau et al. (DELPHES 3), JHEP 02 (2014) 057, arXiv:1307.6346.
+
+    Arguments:
+        card: the :class:`~unfoldmem.cards.detector.DetectorCard`.
+
+    Example:
+        >>> det = ParametricDetector(DetectorCard())
+        >>> p = torch.tensor([[[100.0, 60.0, 0.0, 80.0], [50.0, -50.0, 0.0, 0.0]]])
+        >>> out = det.simulate(p, torch.tensor([[5, 13]]), torch.Generator().manual_seed(1))
+        >>> out.muons.count.tolist()
+        [1]
+    """
+
+    def __init__(self, card: DetectorCard) -> None:
+        self.card = card
+        j, mu, el, bt = card.jets, card.muons, card.electrons, card.btag
+        edges = sorted({*j.eta_edges, *mu.eta_edges, *el.eta_edges, *bt.eta_edges} - {0.0})
+        self._edges = torch.tensor(edges[:-1], dtype=torch.float64)
+        mids = [*(0.5 * (lo + hi) for lo, hi in zip([0.0, *edges[:-1]], edges, strict=True))]
+
+        def region(eds: list[float]) -> list[int]:
+            return torch.bucketize(torch.tensor(mids), torch.tensor(eds[1:-1])).tolist()
+
+        # Rows: kind * n_fine + fine |eta| bin. Columns: A, B, C, D of
+        # sigma^2 = A X + B + C X^2 + D X^4 (X = E for jets, pt for leptons), s_eta, s_phi, eff.
+        n_fine = len(mids)
+        tab = torch.zeros(5 * n_fine, 7, dtype=torch.float64)
+        for i, r in enumerate(region(j.eta_edges)):
+            res = j.resolution
+            tab[KIND_JET * n_fine + i] = torch.tensor(
+                [res.a[r] ** 2, res.b[r] ** 2, res.c[r] ** 2, 0.0,
+                 j.sigma_eta[r], j.sigma_phi[r], j.efficiency[r]])
+        for kind, c in ((KIND_MUON, mu), (KIND_ELECTRON, el)):
+            for i, r in enumerate(region(c.eta_edges)):
+                res = c.resolution
+                tab[kind * n_fine + i] = torch.tensor(
+                    [0.0, 0.0, res.a[r] ** 2, res.b[r] ** 2,
+                     c.sigma_eta[r], c.sigma_phi[r], c.efficiency[r]])
+        tab[:, 4:6] = tab[:, 4:6].clamp(min=_SIGMA_FLOOR)
+        self._n_fine = n_fine
+        self._tab = tab.T.contiguous()
+        # b-tag rows: flavour (0 light, 1 c, 2 b) * n_fine + fine bin.
+        rb = region(bt.eta_edges)
+        self._btag = torch.tensor(
+            [v[r] for v in (bt.mistag_light, bt.mistag_c, bt.efficiency) for r in rb],
+            dtype=torch.float64)
+        inf = math.inf
+        self._pt_min = torch.tensor([inf, j.pt_min, mu.pt_min, el.pt_min, inf]).double()
+        self._eta_max = torch.tensor([0.0, j.eta_max, mu.eta_max, el.eta_max, 0.0]).double()
+        self._lep_mass = torch.tensor([0.0, 0.0, mu.mass, el.mass, 0.0]).double()
+        lut = torch.zeros(26, dtype=torch.int64)
+        lut[[1, 2, 3, 4, 5, 15, 21, 22]] = KIND_JET
+        lut[13], lut[11] = KIND_MUON, KIND_ELECTRON
+        lut[[12, 14, 16]] = KIND_INVISIBLE
+        self._kind_lut = lut
+        flav = torch.zeros(26, dtype=torch.int64)
+        flav[4], flav[5] = 1, 2
+        self._flav_lut = flav
+
+        isr = card.isr
+        k = torch.arange(isr.max_jets + 1, dtype=torch.float64)
+        if isr.distribution == "none" or isr.mean == 0:
+            pk = (k == 0).double()
+        elif isr.distribution == "poisson":
+            pk = torch.exp(k * math.log(isr.mean) - isr.mean - torch.lgamma(k + 1))
+        else:
+            pk = (isr.mean / (1 + isr.mean)) ** k
+        #: P(n_isr = k), k = 0..max_jets (the card's law truncated and renormalised).
+        self.isr_probs = pk / pk.sum()
+
+    # ---- per-parton parameters shared by sampling and densities -------------------------------
+
+    def _params(self, p: Tensor, pdg: Tensor) -> dict[str, Tensor]:
+        a = pdg.abs()
+        kind = self._kind_lut[torch.where(a < 26, a, 0)]
+        energy, pabs, pt = p[..., 0], lorentz.p3_abs(p), lorentz.pt(p)
+        good = (energy > 0) & (pt > 0) & (pabs <= energy * (1 + 1e-12)) & (energy < _E_MAX)
+        eta, phi = lorentz.eta(p), lorentz.phi(p)
+        fine = torch.bucketize(eta.abs(), self._edges)
+        row = kind * self._n_fine + fine
+        ca, cb, cc, cd, s_eta, s_phi, eff = (t[row] for t in self._tab)
+        jet = kind == KIND_JET
+        e_safe = torch.where(good, energy, 1.0)
+        x = torch.where(jet, e_safe, torch.where(good, pt, 1.0))
+        x2 = x * x
+        sigma = torch.sqrt(x * ca + cb + x2 * (cc + cd * x2)).clamp(min=_SIGMA_FLOOR)
+        beta = torch.where(good, pabs / e_safe, 1.0).clamp(max=1.0)
+        tag_p = self._btag[self._flav_lut[torch.where(a < 26, a, 0)] * self._n_fine + fine]
+        return {"kind": kind, "jet": jet, "x": x, "sigma": sigma, "beta": beta, "E": e_safe,
+                "eta": eta, "phi": phi, "s_eta": s_eta, "s_phi": s_phi, "eff": eff,
+                "good": good, "tag_p": tag_p, "pt_min": self._pt_min[kind],
+                "eta_max": self._eta_max[kind]}
+
+    # ---- sampling ------------------------------------------------------------------------------
+
+    def simulate(self, momenta: Tensor, pdg: Tensor, generator: torch.Generator) -> DetectorOutput:
+        """Reconstruct events from their final-state partons.
+
+        Random numbers are drawn in float32 (ample for smearing, five times faster) in a fixed
+        order, so the same generator state gives the same events.
+
+        Arguments:
+            momenta: (n, P, 4) float64 (E, px, py, pz), GeV.
+            pdg: (n, P) PDG ids (0 = padding; tops, W, Z are skipped, neutrinos enter MET).
+            generator: the torch.Generator all random numbers come from (seeded by the caller).
+
+        Returns:
+            :class:`DetectorOutput`, jets/leptons sorted by pt, ``parton_index`` into P.
+        """
+        p = momenta.to(torch.float64)
+        n, n_p = pdg.shape
+        q = self._params(p, pdg)
+        kind, jet = q["kind"], q["jet"]
+        z = torch.randn(3, n, n_p, generator=generator).double()
+        u = torch.rand(2, n, n_p, generator=generator).double()
+        x_r = q["x"] + q["sigma"] * z[0]
+        eta_r = q["eta"] + q["s_eta"] * z[1]
+        phi_r = _wrap(q["phi"] + q["s_phi"] * z[2])
+        ch = torch.cosh(eta_r.clamp(-_ETA_CLAMP, _ETA_CLAMP))
+        pt_r = torch.where(jet, x_r * q["beta"] / ch, x_r)
+        ok = q["good"] & (pt_r > q["pt_min"]) & (eta_r.abs() < q["eta_max"]) & (u[0] < q["eff"])
+        mass_r = torch.where(jet, lorentz.mass(p).clamp(min=0) * x_r / q["E"],
+                             self._lep_mass[kind])
+        tag = torch.where(jet, (u[1] < q["tag_p"]).double(), -torch.sign(pdg).double())
+
+        # MET: neutrinos, plus the mismeasurement of each detected object; lost ones unclustered.
+        cos_r, sin_r = torch.cos(phi_r), torch.sin(phi_r)
+        inv = (kind == KIND_INVISIBLE).double()
+        okd = ok.double()
+        pt_ok = torch.where(ok, pt_r, 0.0)
+        mean = torch.stack([(p[..., 1] * (okd + inv) - pt_ok * cos_r).sum(-1),
+                            (p[..., 2] * (okd + inv) - pt_ok * sin_r).sum(-1)], -1)
+        vis = (kind == KIND_JET) | (kind == KIND_MUON) | (kind == KIND_ELECTRON)
+        sum_pt = torch.where(vis, lorentz.pt(p), 0.0).sum(-1)
+        m = self.card.met
+        sigma = torch.sqrt(m.noise**2 + m.noise_sumet**2 * sum_pt).clamp(min=_SIGMA_FLOOR)
+        met = mean + sigma.unsqueeze(-1) * torch.randn(n, 2, generator=generator).double()
+        met4 = torch.cat([met.norm(dim=-1, keepdim=True), met, torch.zeros(n, 1).double()], -1)
+
+        fields = [pt_r, eta_r, phi_r, mass_r, tag]
+        pidx = torch.arange(n_p).expand(n, n_p)
+        isr_fields, isr_mask = self._isr(n, generator)
+        jets = _sorted_block(
+            [torch.cat([a, b], -1) for a, b in zip(fields, isr_fields, strict=True)],
+            torch.cat([pidx, torch.full(isr_mask.shape, -1)], -1),
+            torch.cat([ok & jet, isr_mask], -1),
+        )
+        muons = _sorted_block(fields, pidx, ok & (kind == KIND_MUON))
+        electrons = _sorted_block(fields, pidx, ok & (kind == KIND_ELECTRON))
+        passed = (jets.count + muons.count + electrons.count) > 0
+        return DetectorOutput(jets, muons, electrons, lorentz.pt(met4), lorentz.phi(met4),
+                              mean, sigma, isr_mask.sum(-1), passed)
+
+    def _isr(self, n: int, generator: torch.Generator) -> tuple[list[Tensor], Tensor]:
+        c = self.card.isr
+        kmax = self.isr_probs.numel() - 1
+        u = torch.rand(n, generator=generator).double()
+        n_isr = torch.searchsorted(torch.cumsum(self.isr_probs, 0), u, right=True).clamp(max=kmax)
+        mask = torch.arange(kmax).expand(n, kmax) < n_isr.unsqueeze(-1)
+        r = torch.rand(4, n, kmax, generator=generator).double()
+        pt = c.pt_min * (1 - r[0]).clamp(min=1e-12) ** (-1.0 / (c.index - 1))
+        eta = (2 * r[1] - 1) * c.eta_max
+        phi = (2 * r[2] - 1) * math.pi
+        mistag = self._btag[torch.bucketize(eta.abs(), self._edges)]  # light rows come first
+        tag = (r[3] < mistag).double()
+        fields = [torch.where(mask, v, 0.0) for v in (pt, eta, phi, torch.zeros_like(pt), tag)]
+        return fields, mask
+
+    # ---- exact densities -----------------------------------------------------------------------
+
+    def log_density(
+        self,
+        reco: Tensor,
+        parton: Tensor,
+        pdg: Tensor,
+        btag: Tensor | None = None,
+        *,
+        with_reason: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        r"""Exact log transfer density of one reco object given the parton it came from.
+
+        A density in the reco variables :math:`(p_T', \eta', \phi')` (units GeV⁻¹ rad⁻¹),
+        times the reconstruction efficiency ε and, for jets with ``btag`` given, the
+        probability of the b-tag value:
+
+        - jets: :math:`\varepsilon\,\mathcal N(E'; E, \sigma_E)\,
+          \frac{\cosh\eta'}{\beta}\,\mathcal N(\eta'; \eta, \sigma_\eta)\,
+          \mathcal{WN}(\phi'; \phi, \sigma_\phi)\,P(\text{tag})`, where
+          :math:`E' = p_T'\cosh\eta'/\beta` and :math:`\beta = |\vec p|/E` of the parton; the
+          factor :math:`\cosh\eta'/\beta = \partial E'/\partial p_T'` is the Jacobian.
+        - leptons: :math:`\varepsilon\,\mathcal N(p_T'; p_T, \sigma_{p_T})\,
+          \mathcal N(\eta'; \eta, \sigma_\eta)\,\mathcal{WN}(\phi'; \phi, \sigma_\phi)`
+          (no Jacobian: :math:`p_T` is the smeared variable).
+
+        It is −inf outside the acceptance (:math:`p_T' \le p_{T,\min}` or
+        :math:`|\eta'| \ge \eta_{\max}`). Its integral over the reco space is
+        :math:`\varepsilon P_{acc}`, and :meth:`log_prob_lost` is the log of the rest, so the
+        two are normalised together. Not included: the jet mass (deterministic,
+        :math:`m' = m E'/E`), the lepton charge (copied), MET (:meth:`log_density_met`), ISR
+        jets (:meth:`log_density_isr`, :meth:`log_prob_n_isr`).
+
+        Arguments:
+            reco: (..., ≥3) reco (pt GeV, eta, phi rad, ...); extra columns are ignored.
+            parton: (..., 4) parton four-vectors (E, px, py, pz), GeV; broadcastable.
+            pdg: (...) PDG id of the parton; selects jet, muon or electron smearing.
+            btag: (...) reco b-tag 0/1 of jets, or None to sum over it.
+            with_reason: also return an int8 reason code per entry (see :data:`REASONS`).
+
+        Returns:
+            (...) float64 log density, finite or −inf, never NaN (and the reasons).
+
+        Example:
+            >>> det = ParametricDetector(DetectorCard())
+            >>> parton = torch.tensor([50.0, 50.0, 0.0, 0.0], dtype=torch.float64)
+            >>> lp = det.log_density(torch.tensor([49.0, 0.0, 0.0]), parton, torch.tensor(13))
+            >>> bool(torch.isfinite(lp))
+            True
+        """
+        parton = parton.to(torch.float64)
+        reco = reco.to(torch.float64)
+        shape = torch.broadcast_shapes(reco.shape[:-1], parton.shape[:-1], pdg.shape)
+        r = reco[..., :3].expand(*shape, 3)
+        p = parton.expand(*shape, 4)
+        ids = pdg.expand(shape)
+        finite = torch.isfinite(r).all(-1) & torch.isfinite(p).all(-1)
+        if btag is not None:
+            btag = btag.to(torch.float64).expand(shape)
+            finite &= torch.isfinite(btag)
+        r = torch.where(finite.unsqueeze(-1), r, 1.0)
+        p = torch.where(finite.unsqueeze(-1), p, torch.tensor([2.0, 1.0, 0.0, 0.0]).double())
+        q = self._params(p, ids)
+        pt_r, eta_r, phi_r = r.unbind(-1)
+        jet = q["jet"]
+        ch = torch.cosh(eta_r.clamp(-_ETA_CLAMP, _ETA_CLAMP))
+        x_r = torch.where(jet, pt_r * ch / q["beta"], pt_r)
+        lp = (_log_normal(x_r, q["x"], q["sigma"])
+              + torch.where(jet, torch.log(ch / q["beta"]), 0.0)
+              + _log_normal(eta_r, q["eta"], q["s_eta"])
+              + _log_wrapped_normal(phi_r - q["phi"], q["s_phi"]) + torch.log(q["eff"]))
+        if btag is not None:
+            tp = torch.where(btag > 0.5, q["tag_p"], 1 - q["tag_p"])
+            lp = lp + torch.where(jet, torch.log(tp), 0.0)
+        reco_kind = (q["kind"] >= KIND_JET) & (q["kind"] <= KIND_ELECTRON)
+        acc = (pt_r > q["pt_min"]) & (eta_r.abs() < q["eta_max"])
+        why = torch.where(
+            ~finite, 4, torch.where(
+                ~reco_kind, 3, torch.where(
+                    ~q["good"], 2, torch.where(~acc, 1, torch.where(torch.isneginf(lp), 5, 0)))))
+        out = torch.where(why == 0, lp, -math.inf)
+        return (out, why.to(torch.int8)) if with_reason else out
+
+    def log_prob_lost(self, parton: Tensor, pdg: Tensor, n_nodes: int = 48) -> Tensor:
+        r"""log P(no reco object from this parton) = :math:`\log(1 - \varepsilon P_{acc})`.
+
+        :math:`P_{acc}` is the probability that the smeared values land in the acceptance: a
+        closed form for leptons, a Gauss–Legendre integral over :math:`\eta'` (within ±9σ)
+        for jets. Invisible, intermediate and degenerate partons give 0 (always lost).
+
+        Arguments:
+            parton: (..., 4) (E, px, py, pz) GeV; pdg: (...) PDG ids.
+            n_nodes: quadrature nodes for the jet integral.
+
+        Returns:
+            (...) float64, ≤ 0.
+        """
+        parton = parton.to(torch.float64)
+        shape = torch.broadcast_shapes(parton.shape[:-1], pdg.shape)
+        p = parton.expand(*shape, 4)
+        p = torch.where(torch.isfinite(p).all(-1, keepdim=True), p, 0.0)
+        q = self._params(p, pdg.expand(shape))
+        x, w = (torch.from_numpy(v) for v in np.polynomial.legendre.leggauss(n_nodes))
+        s_eta, eta, eta_max = q["s_eta"], q["eta"], q["eta_max"]
+        eta_in = (torch.special.ndtr((eta_max - eta) / s_eta)
+                  - torch.special.ndtr((-eta_max - eta) / s_eta))
+        lep_tail = torch.special.ndtr((q["x"] - q["pt_min"]) / q["sigma"])
+        lo = ((-eta_max - eta) / s_eta).clamp(-9, 9).unsqueeze(-1)
+        hi = ((eta_max - eta) / s_eta).clamp(-9, 9).unsqueeze(-1)
+        z = 0.5 * (hi - lo) * x + 0.5 * (hi + lo)
+        eta_r = (eta.unsqueeze(-1) + s_eta.unsqueeze(-1) * z).clamp(-_ETA_CLAMP, _ETA_CLAMP)
+        e_thr = q["pt_min"].clamp(max=1e300).unsqueeze(-1) * torch.cosh(eta_r)
+        tail = torch.special.ndtr((q["x"].unsqueeze(-1) - e_thr / q["beta"].unsqueeze(-1))
+                                  / q["sigma"].unsqueeze(-1))
+        jet_acc = (0.5 * (hi - lo) * w * torch.exp(-0.5 * z * z) * tail).sum(-1)
+        jet_acc = jet_acc.squeeze(-1) / math.sqrt(2 * math.pi)
+        pacc = torch.where(q["jet"], jet_acc, lep_tail * eta_in).clamp(0, 1)
+        reco_kind = (q["kind"] >= KIND_JET) & (q["kind"] <= KIND_ELECTRON) & q["good"]
+        p_det = torch.where(reco_kind, q["eff"] * pacc, 0.0)
+        return torch.log1p(-p_det.clamp(max=1.0))
+
+    def log_density_isr(self, reco: Tensor) -> Tensor:
+        r"""log density of one ISR jet in :math:`(p_T, \eta, \phi)`: Pareto × uniform × uniform.
+
+        :math:`\log\frac{\alpha-1}{p_{T,\min}}(p_T/p_{T,\min})^{-\alpha}
+        \frac{1}{2\eta_{\max}}\frac{1}{2\pi}`, times the b-tag probability is not included.
+
+        Arguments:
+            reco: (..., ≥3) (pt GeV, eta, phi rad).
+
+        Returns:
+            (...) float64, −inf outside :math:`p_T > p_{T,\min}`, :math:`|\eta| < \eta_{\max}`.
+        """
+        c = self.card.isr
+        pt, eta = reco[..., 0].to(torch.float64), reco[..., 1].to(torch.float64)
+        ok = (pt > c.pt_min) & (eta.abs() < c.eta_max) & torch.isfinite(reco[..., :3]).all(-1)
+        pt_safe = torch.where(ok, pt, c.pt_min)
+        lp = (math.log((c.index - 1) / c.pt_min) - c.index * torch.log(pt_safe / c.pt_min)
+              - math.log(2 * c.eta_max) - math.log(2 * math.pi))
+        return torch.where(ok, lp, -math.inf)
+
+    def log_prob_n_isr(self, k: Tensor) -> Tensor:
+        """log P(n_isr = k) of the card's truncated multiplicity law; (...) int -> (...) float64."""
+        kmax = self.isr_probs.numel() - 1
+        ok = (k >= 0) & (k <= kmax)
+        return torch.where(ok, torch.log(self.isr_probs[k.clamp(0, kmax)]), -math.inf)
+
+    @staticmethod
+    def log_density_met(met_pt: Tensor, met_phi: Tensor, mean: Tensor, sigma: Tensor) -> Tensor:
+        r"""log density of the MET in :math:`(p_T^{miss}, \phi^{miss})` given its mean and noise.
+
+        :math:`\vec p_T^{miss} \sim \mathcal N(\vec\mu, \sigma^2 I_2)`, with
+        :math:`\vec\mu = \sum_\nu \vec p_T + \sum_{\rm detected}(\vec p_T - \vec p_T')` and
+        :math:`\sigma^2 = \sigma_0^2 + s^2\sum_{\rm visible} p_T`; the polar Jacobian is
+        :math:`p_T^{miss}`. ``mean`` (..., 2) GeV and ``sigma`` (...) GeV come from
+        :class:`DetectorOutput` (``met_mean``, ``met_sigma``). Returns (...) float64.
+        """
+        dx = met_pt * torch.cos(met_phi) - mean[..., 0]
+        dy = met_pt * torch.sin(met_phi) - mean[..., 1]
+        lp = (-0.5 * (dx * dx + dy * dy) / sigma**2 - 2 * torch.log(sigma) - _LOG_2PI
+              + torch.log(met_pt))
+        return torch.where(torch.isnan(lp), -math.inf, lp)

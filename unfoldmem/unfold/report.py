@@ -1,0 +1,289 @@
+r"""Unfolded histograms with uncertainty bands, truth comparison, mplhep plots and ``summary.json``.
+
+From the observables of the posterior samples (:class:`~unfoldmem.unfold.cinn_unfold.ObservableSamples`)
+this module builds one :class:`~unfoldmem.unfold.uncertainty.UnfoldedHist` per observable
+(bootstrap + model band, acceptance-corrected as asked), the truth histograms when the data file
+has a parton tree, the closure figures
+
+.. math:: \chi^2 = \sum_i \frac{(\hat N_i - N^{\text{true}}_i)^2}
+    {\sigma_{\text{tot},i}^2 + \sigma_{\text{true},i}^2},\qquad \text{ndf} = \#\text{bins used},
+
+(:func:`unfoldmem.histograms.chi2_ndf`; bins whose corrected value is undefined are left out
+and counted). The Poisson variance of the truth count is
+:math:`\sigma_{\text{true},i}^2 = \max(\sum_{e\in i} w_e^2,\ \sum_e w_e^2 c_{ei})`: the
+observed :math:`\sum w^2` or the one the unfolded histogram predicts (Pearson), whichever is
+larger, so that an empty truth bin does not get zero variance. Also computed: the per-event
+calibration (fraction of true values inside the central 68% interval of each event's samples). Everything is written under an output directory:
+``histograms.root`` (TH1D via uproot), ``plots/<name>.png`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import hist
+import numpy as np
+import torch
+
+from unfoldmem.histograms import chi2_ndf, weighted_hist
+from unfoldmem.io.atomic import atomic_path
+from unfoldmem.physics.observables import Observable
+from unfoldmem.unfold.acceptance import Efficiency, FiducialCuts, correct, fiducial_mask
+from unfoldmem.unfold.cinn_unfold import ObservableSamples
+from unfoldmem.unfold.uncertainty import UnfoldedHist, bin_fractions, edges_of, unfolded_hist
+
+__all__ = [
+    "unfolded_histograms",
+    "truth_values",
+    "truth_histograms",
+    "closure",
+    "calibration",
+    "plot_observable",
+    "write_outputs",
+]
+
+
+def unfolded_histograms(
+    samples: ObservableSamples,
+    observables: Sequence[Observable],
+    phase_space: str = "reco",
+    efficiencies: Mapping[str, Efficiency] | None = None,
+    n_replicas: int = 100,
+    seed: int = 0,
+) -> dict[str, UnfoldedHist]:
+    """One unfolded histogram per observable with stat (bootstrap), model and ε errors.
+
+    Arguments:
+        samples: observables of the posterior samples.
+        observables: which ones (their binning and label are used).
+        phase_space: ``reco`` (no correction), ``fiducial`` (samples outside the region dropped,
+            then divided by ε_fid) or ``full`` (divided by ε).
+        efficiencies: from :func:`unfoldmem.unfold.acceptance.efficiencies` (not for ``reco``).
+        n_replicas: bootstrap replicas, shared by all observables (same seed).
+    """
+    if phase_space != "reco" and efficiencies is None:
+        msg = f"phase space '{phase_space}' needs efficiencies from a simulation"
+        raise ValueError(msg)
+    if phase_space == "fiducial" and samples.fiducial is None:
+        msg = "phase space 'fiducial' needs samples flagged with fiducial cuts"
+        raise ValueError(msg)
+    sw = samples.fiducial.astype(np.float64) if phase_space == "fiducial" else None
+    out = {}
+    for o in observables:
+        edges = edges_of(o.binning)
+        vals = samples.values[o.name]
+        frac = bin_fractions(vals, edges, sw)
+        members = []
+        if samples.members > 1:
+            for m in range(samples.members):
+                sl = samples.member_slice(m)
+                members.append(bin_fractions(vals[sl], edges, None if sw is None else sw[sl]))
+        h = unfolded_hist(
+            o.name,
+            o.label,
+            edges,
+            frac,
+            samples.weight,
+            member_fractions=members,
+            n_replicas=n_replicas,
+            seed=seed,
+        )
+        if phase_space != "reco":
+            h = correct(h, efficiencies[o.name])  # type: ignore[index]
+        out[o.name] = h
+    return out
+
+
+def truth_values(
+    momenta: torch.Tensor, pdg: torch.Tensor, observables: Sequence[Observable]
+) -> dict[str, np.ndarray]:
+    """Observables of true partons, (n, k, 4) GeV and (k,)|(n, k) ids -> ``{name: (n,)}``."""
+    return {o.name: o(momenta, pdg).numpy() for o in observables}
+
+
+def truth_histograms(
+    momenta: torch.Tensor,
+    pdg: torch.Tensor,
+    weights: Any,
+    passed: Any,
+    observables: Sequence[Observable],
+    phase_space: str = "reco",
+    cuts: FiducialCuts | None = None,
+) -> dict[str, hist.Hist]:
+    """Truth histograms in the phase space of the unfolded ones.
+
+    Arguments:
+        momenta: (n, k, 4) the modelled parton slots of every generated event of the data file.
+        pdg: (k,) or (n, k); weights: (n,); passed: (n,) bool ``pass_reco``.
+        phase_space: ``reco`` (passing events), ``fiducial`` (events in the region) or ``full``.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if phase_space == "reco":
+        keep = np.asarray(passed, dtype=bool)
+    elif phase_space == "fiducial":
+        keep = fiducial_mask(momenta, pdg, cuts).numpy()
+    else:
+        keep = np.ones(len(w), dtype=bool)
+    vals = truth_values(momenta, pdg, observables)
+    return {
+        o.name: weighted_hist(
+            vals[o.name][keep], w[keep], edges_of(o.binning), name=o.name, label=o.label
+        )
+        for o in observables
+    }
+
+
+def closure(unfolded: Mapping[str, UnfoldedHist], truth: Mapping[str, hist.Hist]) -> dict[str, Any]:
+    """χ²/ndf of every unfolded histogram against its truth (see the module docstring)."""
+    out = {}
+    for name, h in unfolded.items():
+        t = truth[name]
+        tv, tvar = np.asarray(t.values(), dtype=float), np.asarray(t.variances(), dtype=float)
+        if h.sumw2 is not None:
+            tvar = np.maximum(tvar, np.where(np.isfinite(h.sumw2), h.sumw2, 0.0))
+        ok = np.isfinite(h.values) & np.isfinite(h.total)
+        chi2, ndf = chi2_ndf((h.values[ok], h.total[ok] ** 2), (tv[ok], tvar[ok]))
+        out[name] = {
+            "chi2": chi2,
+            "ndf": ndf,
+            "chi2_ndf": chi2 / ndf if ndf > 0 else None,
+            "bins_undefined": int((~ok).sum()),
+        }
+    return out
+
+
+def calibration(
+    samples: ObservableSamples, truth: Mapping[str, np.ndarray], level: float = 0.68
+) -> dict[str, float]:
+    """Fraction of events whose true value lies in the central ``level`` interval of its samples.
+
+    Arguments:
+        samples: observables of the posterior samples of n events.
+        truth: ``{name: (n,)}`` true values of the same events, same order.
+        level: central probability of the interval (0.68: the 16th to 84th percentile).
+
+    Returns:
+        ``{name: fraction}``; a calibrated posterior gives ``level`` within binomial errors.
+    """
+    q = (0.5 - level / 2, 0.5 + level / 2)
+    out = {}
+    for name, t in truth.items():
+        lo, hi = np.quantile(samples.values[name], q, axis=0)
+        t = np.asarray(t, dtype=float)
+        out[name] = float(np.mean((t >= lo) & (t <= hi)))
+    return out
+
+
+def plot_observable(
+    h: UnfoldedHist, path: str | Path, truth: hist.Hist | None = None, title: str = ""
+) -> Path:
+    """Plot an unfolded histogram with stat and total bands, the truth if given, and the ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mplhep
+
+    path = Path(path)
+    fig, (ax, rax) = plt.subplots(
+        2, 1, figsize=(6, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1], "hspace": 0.05}
+    )
+    e = h.edges
+    mplhep.histplot(h.values, e, ax=ax, color="C0", label=f"cINN unfolded ({h.phase_space})")
+    for err, alpha, lab in ((h.total, 0.25, "total unc."), (h.stat, 0.45, "stat. (bootstrap)")):
+        lo, hi = h.values - err, h.values + err
+        ax.fill_between(
+            e,
+            np.append(lo, lo[-1]),
+            np.append(hi, hi[-1]),
+            step="post",
+            color="C0",
+            alpha=alpha,
+            lw=0,
+            label=lab,
+        )
+    ref = h.values
+    if truth is not None:
+        tv = np.asarray(truth.values(), dtype=float)
+        mplhep.histplot(tv, e, ax=ax, color="k", ls="--", label="truth")
+        ref = tv
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(ref != 0, h.values / ref, np.nan)
+        rt = np.where(ref != 0, h.total / np.abs(ref), np.nan)
+    rax.fill_between(
+        e,
+        np.append(r - rt, (r - rt)[-1]),
+        np.append(r + rt, (r + rt)[-1]),
+        step="post",
+        color="C0",
+        alpha=0.3,
+        lw=0,
+    )
+    mplhep.histplot(r, e, ax=rax, color="C0")
+    rax.axhline(1.0, color="k", ls="--", lw=0.8)
+    rax.set_ylim(0.5, 1.5)
+    rax.set_ylabel("unf. / truth" if truth is not None else "ratio")
+    rax.set_xlabel(h.label)
+    ax.set_ylabel("events / bin")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    with atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _json(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _json(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _json(x.tolist())
+    if isinstance(x, np.generic):
+        return _json(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_outputs(
+    out_dir: str | Path,
+    unfolded: Mapping[str, UnfoldedHist],
+    truth: Mapping[str, hist.Hist] | None = None,
+    efficiencies: Mapping[str, Efficiency] | None = None,
+    summary: Mapping[str, Any] | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Write ``histograms.root``, ``plots/*.png`` and ``summary.json`` into ``out_dir``.
+
+    Returns:
+        The summary written: the given ``summary`` plus ``observables`` (histograms with their
+        uncertainty components), ``closure`` (with truth) and ``efficiencies``.
+    """
+    import uproot
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "histograms.root", overwrite=True) as tmp, uproot.recreate(tmp) as f:
+        for name, h in unfolded.items():
+            f[f"unfolded_{name}"] = h.to_hist()
+            if truth is not None:
+                f[f"truth_{name}"] = truth[name]
+    result: dict[str, Any] = dict(summary or {})
+    result["observables"] = {k: h.to_dict() for k, h in unfolded.items()}
+    if efficiencies is not None:
+        result["efficiencies"] = {k: e.to_dict() for k, e in efficiencies.items()}
+    if truth is not None:
+        result["closure"] = closure(unfolded, truth)
+    if plots:
+        (out / "plots").mkdir(exist_ok=True)
+        for name, h in unfolded.items():
+            plot_observable(h, out / "plots" / f"{name}.png", truth[name] if truth else None)
+    with atomic_path(out / "summary.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(_json(result), indent=1))
+    return _json(result)
