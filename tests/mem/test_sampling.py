@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from unfoldmem.mem.integrand import RecoEvents
-from unfoldmem.mem.sampling import RecoChannel, importance_sample
-from unfoldmem.weights import WeightDiagnosticsConfig, WeightWarning, check_weights
+from unfoldmem.mem.sampling import RecoChannel, diagnose, importance_sample
+from unfoldmem.weights import WeightDiagnosticsConfig, WeightWarning
 from tests.mem.test_integrand import dy_setup, make_dy_events
 
 torch.set_num_threads(1)
@@ -163,7 +163,7 @@ def test_missed_proposal_is_reported_and_stays_unbiased() -> None:
     ref = quadrature_log_integral(ev)
     assert abs(float(res.log_p[0, 0]) - ref) < 5 * float(res.log_p_err[0, 0])
     cfg = WeightDiagnosticsConfig(ess_ratio_min=0.1, max_share_max=0.05)
-    w = torch.exp(torch.tensor([0.0, -30.0, -40.0] * 10, dtype=torch.float64))
     with pytest.warns(WeightWarning, match="ESS/N"):
-        d = check_weights(w, cfg, name="mem.event0")
-    assert not d["ok"]
+        d = diagnose(res, cfg, name="mem")
+    assert d["events"][0]["ess_ratio"] == pytest.approx(ess_ratio)
+    assert d["n_violating"] == 1 and d["events"][0]["n_nonfinite"] == 0

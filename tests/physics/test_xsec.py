@@ -174,3 +174,24 @@ def main(n_events: int = 200000) -> None:
 
 if __name__ == "__main__":
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 200000)
+
+
+def test_cli_xsec_prints_sigma_and_rejects_bad_theta() -> None:
+    """``unfoldmem xsec`` as a user runs it: σ in pb as JSON, consistent with the stored Pythia
+    W⁺ → μ⁺ν number (1% + 4 combined σ); a misspelt parameter exits with code 2 naming it."""
+    from typer.testing import CliRunner
+
+    from unfoldmem.cli import app
+
+    runner = CliRunner()
+    card = str(ROOT / "cards" / "processes" / "w_lnu.yaml")
+    ref = _reference()["processes"]["w_lnu"]
+    res = runner.invoke(app, ["--quiet", "xsec", card, "--neval", "2000", "--nitn", "3", "--json",
+                              "--theta", f"gamma_w={ref['widths']['W']}"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    tol = 0.01 * ref["sigma_pb"] + 4 * math.hypot(out["error_pb"], ref["error_pb"])
+    assert abs(out["sigma_pb"] - ref["sigma_pb"]) < tol
+    bad = runner.invoke(app, ["xsec", card, "--theta", "mw=80"])
+    assert bad.exit_code != 0
+    assert "mw" in str(bad.exception) or "mw" in bad.output

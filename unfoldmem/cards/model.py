@@ -54,7 +54,7 @@ class ConditionConfig(StrictModel):
 class TransferConfig(StrictModel):
     """Transfer functions: one flow per jet multiplicity and a multiplicity classifier."""
 
-    multiplicities: list[PositiveInt] = Field([4, 5, 6], description="jet multiplicities, ascending")
+    multiplicities: list[NonNegativeInt] = Field([4, 5, 6], description="jet multiplicities, ascending")
     open_last: bool = Field(True, description="the last multiplicity means 'this many or more'")
     classifier_hidden: list[PositiveInt] = Field([64, 64], description="P(multiplicity|parton) MLP")
 

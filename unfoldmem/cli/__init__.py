@@ -13,9 +13,11 @@ import typer
 
 from unfoldmem import __version__
 from unfoldmem.cli import cards as cards_cli
+from unfoldmem.cli import generate as generate_cli
 from unfoldmem.cli import inference as inference_cli
 from unfoldmem.cli import inspect as inspect_cli
 from unfoldmem.cli import omnifold as omnifold_cli
+from unfoldmem.cli import train as train_cli
 from unfoldmem.cli import unfold as unfold_cli
 from unfoldmem.cli import xsec as xsec_cli
 from unfoldmem.cli._common import state
@@ -65,8 +67,8 @@ inspect_cli.register(app)
 omnifold_cli.register(app)
 # Verbs still to build: each issue replaces its line with `<module>.register(app)`.
 xsec_cli.register(app)
-_stub("generate", "Generate parton and detector events from a run card")
-_stub("train", "Train a cINN or transfer-function flow from a model card")
+generate_cli.register(app)
+train_cli.register(app)
 unfold_cli.register(app)
 _stub("likelihood", "Per-event MEM likelihoods over a θ grid")
 inference_cli.register(app)

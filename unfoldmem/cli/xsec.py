@@ -68,9 +68,10 @@ def xsec(
         console.print(f"integrating {cfg.process} ({integrand.dim} dimensions) ...")
     res = cross_section(integrand, neval=neval, nitn=nitn, seed=seed)
     if as_json:
-        typer.echo(json.dumps({"process": cfg.process, "sigma_pb": res.sigma, "error_pb": res.error,
-                               "chi2_dof": res.chi2_dof, "theta": integrand.full_theta() and
-                               {k: float(v) for k, v in integrand.full_theta().items()}}))
+        theta_used = {k: float(v) for k, v in integrand.full_theta().items()}
+        line = {"process": cfg.process, "sigma_pb": res.sigma, "error_pb": res.error,
+                "chi2_dof": res.chi2_dof, "theta": theta_used}
+        typer.echo(json.dumps(line))
     else:
         typer.echo(f"{cfg.process}: sigma = {res.sigma:.6g} ± {res.error:.2g} pb "
                    f"(chi2/dof {res.chi2_dof:.2f})")

@@ -165,6 +165,7 @@ def save_model(
     result: TrainResult | None = None,
     n_events: int | None = None,
     overwrite: bool = False,
+    extra_meta: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a model directory atomically (see the module docstring for the layout).
 
@@ -176,6 +177,7 @@ def save_model(
         result: the training result (history and summary), if any.
         n_events: number of training events, for the record.
         overwrite: replace an existing directory.
+        extra_meta: more JSON-able entries for ``meta.json`` (e.g. the unfolding ``layout``).
     """
     path = Path(path)
     meta = {
@@ -184,6 +186,7 @@ def save_model(
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "training": None if result is None else
         {k: v for k, v in result.to_dict().items() if k != "history"},
+        **(extra_meta or {}),
     }
     with atomic_path(path, overwrite=overwrite, directory=True) as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / "weights.pt")

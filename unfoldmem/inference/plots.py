@@ -37,9 +37,15 @@ def plot_scan(scan: Scan1D, path: str | Path, overwrite: bool = False) -> Path:
     with matplotlib.style.context(mplhep.style.ROOT):
         fig = Figure(figsize=(7, 5))
         ax = fig.subplots()
-        x, y = scan.curve()
+        x, y = scan.curve(4000)
+        top = max(6.0, min(float(y.max()), 12.0))
+        # zoom on the region below the top of the plot, so a wide grid still shows the minimum
+        inside = np.nonzero(y <= top)[0]
+        pad = 0.15 * (x[inside[-1]] - x[inside[0]])
+        x_lo, x_hi = max(x[0], x[inside[0]] - pad), min(x[-1], x[inside[-1]] + pad)
         ax.plot(x, y, "-", color="tab:blue", label="cubic spline")
         ax.plot(scan.theta, scan.m2dlnl, "o", color="k", ms=4, label="grid points")
+        ax.set_xlim(x_lo, x_hi)
         for cl, (lo, hi) in sorted(scan.intervals.items()):
             q = delta_chi2(cl, 1)
             ax.axhline(q, color="grey", ls=":", lw=1)
@@ -49,10 +55,10 @@ def plot_scan(scan: Scan1D, path: str | Path, overwrite: bool = False) -> Path:
         ax.axvline(scan.theta_hat, color="tab:red", lw=1)
         ax.set_xlabel(rf"$\theta$: {scan.name}")
         ax.set_ylabel(r"$-2\Delta\ln L$")
-        ax.set_ylim(0, max(6.0, min(float(y.max()), 12.0)))
+        ax.set_ylim(0, top)
         sig = scan.sigma
-        ax.set_title(rf"{scan.name} = {scan.theta_hat:.4g} $\pm$ {sig:.2g}", fontsize=14)
-        ax.legend(fontsize=11)
+        ax.set_title(rf"{scan.name} = {scan.theta_hat:.6g} $\pm$ {sig:.2g}", fontsize=14)
+        ax.legend(fontsize=11, loc="upper right")
         return _save(fig, path, overwrite)
 
 
@@ -72,7 +78,7 @@ def plot_contour(scan: Scan2D, path: str | Path, overwrite: bool = False) -> Pat
         ax.plot(*scan.theta_hat, "*", color="tab:red", ms=12, label="minimum")
         ax.set_xlabel(scan.names[0])
         ax.set_ylabel(scan.names[1])
-        ax.legend(fontsize=11)
+        ax.legend(fontsize=11, loc="upper right")
         return _save(fig, path, overwrite)
 
 
@@ -95,7 +101,7 @@ def plot_posterior(post: PosteriorResult, path: str | Path, overwrite: bool = Fa
                         ax.axvspan(*summ[ni][key], color=col, alpha=0.2, label=key)
                     ax.set_title(rf"{ni} = {summ[ni]['mean']:.4g} $\pm$ {summ[ni]['std']:.2g}",
                                  fontsize=12)
-                    ax.legend(fontsize=9)
+                    ax.legend(fontsize=9, loc="upper right")
                 else:
                     ax.hist2d(post.samples[nj], post.samples[ni], bins=30, cmap="Blues")
                     ax.set_ylabel(ni)
@@ -123,7 +129,7 @@ def plot_calibration(cal: CalibrationResult, path: str | Path, overwrite: bool =
             ax.set_xlabel(rf"pull $(\hat\theta-\theta_{{true}})/\hat\sigma$: {n}")
             ax.set_title(rf"mean {s['pull_mean']:.2f}$\pm${s['pull_mean_err']:.2f}, width "
                          rf"{s['pull_width']:.2f}$\pm${s['pull_width_err']:.2f}", fontsize=12)
-            ax.legend(fontsize=10)
+            ax.legend(fontsize=10, loc="upper right")
             cls = sorted(cal.intervals)
             cov = [s[f"coverage_{cl:.4f}"] for cl in cls]
             err = [s[f"coverage_{cl:.4f}_err"] for cl in cls]
@@ -133,5 +139,5 @@ def plot_calibration(cal: CalibrationResult, path: str | Path, overwrite: bool =
             bx.set_ylabel("coverage")
             bx.set_xlim(0.5, 1.0)
             bx.set_ylim(0.5, 1.0 + 0.02 * math.sqrt(len(names)))
-            bx.legend(fontsize=10)
+            bx.legend(fontsize=10, loc="upper left")
         return _save(fig, path, overwrite)

@@ -24,7 +24,9 @@ References:
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,9 +42,12 @@ from unfoldmem.mem.integrand import (
 )
 from unfoldmem.physics import lorentz
 from unfoldmem.simulate.detector import ParametricDetector
+from unfoldmem.weights import WeightDiagnosticsConfig, WeightError, WeightWarning
 
-__all__ = ["CINNChannel", "Channel", "ISResult", "RecoChannel", "SamplingContext",
+__all__ = ["CINNChannel", "Channel", "ISResult", "RecoChannel", "SamplingContext", "diagnose",
            "importance_sample"]
+
+log = logging.getLogger(__name__)
 
 _TWO_PI = 2 * math.pi
 
@@ -152,31 +157,40 @@ class RecoChannel:
 
     def sample(self, n: int, ctx: SamplingContext, generator: torch.Generator) -> Tensor:
         """(n, B, n_partons, 3) samples (pt, eta, phi)."""
-        centre, width, valid = self._centres(ctx)
-        b, p = valid.shape
+        valid = ctx.prep["valid"]
         probs = valid.double() + 1e-300 * (~valid.any(-1, keepdim=True)).double()
         pick = torch.multinomial(probs, n, replacement=True, generator=generator).T  # (n, B)
+        u = torch.rand(n, len(ctx.events), ctx.integrand.n, 3, generator=generator,
+                       dtype=torch.float64)
+        return self.transform(u, ctx, pick)
+
+    def transform(self, u: Tensor, ctx: SamplingContext, pick: Tensor) -> Tensor:
+        """Map uniforms u (S, B, n, 3) ∈ (0,1) to z for assignments ``pick`` (S, B).
+
+        Gaussian coordinates are :math:`c + w\,\Phi^{-1}(u)` (φ then wrapped), a uniform φ is
+        :math:`2\pi u - \pi`; the recoil's :math:`\vec a = \text{balance} + \sigma_h
+        \Phi^{-1}(u_{r,0}, u_{r,2})`. The density of z is :meth:`log_prob` (for one assignment
+        when ``ctx`` allows only that one): the VEGAS baseline integrates in these u.
+        """
+        centre, width, _ = self._centres(ctx)
+        n, b = pick.shape
         c = torch.gather(centre[None].expand(n, *centre.shape), 2,
                          pick[..., None, None, None].expand(n, b, 1, *centre.shape[2:]))[:, :, 0]
         w = torch.gather(width[None].expand(n, *width.shape), 2,
                          pick[..., None, None, None].expand(n, b, 1, *width.shape[2:]))[:, :, 0]
-        eps = torch.randn(c.shape, generator=generator, dtype=torch.float64)
-        u = torch.rand(c.shape[:-1], generator=generator, dtype=torch.float64)
+        uc = u.clamp(1e-15, 1 - 1e-15)
+        eps = torch.special.ndtri(uc)
         finite_w = torch.where(torch.isinf(w), 1.0, w)
         z = c + finite_w * eps
-        phi = torch.where(torch.isinf(w[..., 2]), _TWO_PI * u - math.pi, _wrap(z[..., 2]))
+        phi = torch.where(torch.isinf(w[..., 2]), _TWO_PI * uc[..., 2] - math.pi, _wrap(z[..., 2]))
         z = torch.stack([torch.exp(z[..., 0]), z[..., 1], phi], -1)
-        return self._recoil(z, ctx, generator)
-
-    def _recoil(self, z: Tensor, ctx: SamplingContext, generator: torch.Generator) -> Tensor:
         integ = ctx.integrand
         r = integ.recoil
         p = lorentz.from_ptetaphim(torch.cat([z, integ.masses.expand(z.shape[:-1])[..., None]], -1))
         others = torch.ones(integ.n, dtype=torch.bool)
         others[r] = False
         bal = -p[..., others, 1:3].sum(-2)
-        a = bal + ctx.kernel_sigma[:, None] * torch.randn(bal.shape, generator=generator,
-                                                          dtype=torch.float64)
+        a = bal + ctx.kernel_sigma[:, None] * eps[..., r, :][..., [0, 2]]
         z = z.clone()
         z[..., r, 0] = torch.linalg.vector_norm(a, dim=-1)
         z[..., r, 2] = torch.atan2(a[..., 1], a[..., 0])
@@ -439,3 +453,49 @@ def importance_sample(
     return ISResult(log_p, err, res["ess"], res["max_share"], acc.n.sum(0),
                     acc.nonfinite, flag, perm, res["share"].T.contiguous())
 
+
+
+def diagnose(result: ISResult, config: WeightDiagnosticsConfig | None = None, *,
+             name: str = "mem", theta_index: int = 0) -> dict[str, Any]:
+    """Weight diagnostics of every event's importance weights (issue 14), for ``summary.json``.
+
+    Per event: ``n`` samples, ``n_nonfinite`` (NaN weights met and dropped), Kish ``ess`` and
+    ``ess_ratio``, ``max_share``, ``flag``. An event crossing a threshold of ``config`` is
+    logged and warned about (:class:`~unfoldmem.weights.WeightWarning`) or raises
+    :class:`~unfoldmem.weights.WeightError`, as :func:`unfoldmem.weights.check_weights` does.
+
+    Arguments:
+        result: :func:`importance_sample` output. theta_index: which θ point to report.
+
+    Returns:
+        dict with ``name``, ``events`` (list of per-event dicts), ``n_violating``, ``violations``.
+    """
+    config = config or WeightDiagnosticsConfig()
+    events, violations = [], []
+    for b in range(result.log_p.shape[0]):
+        n = float(result.n_samples[b])
+        ess = float(result.ess[b, theta_index])
+        d = {"n": int(n), "n_nonfinite": int(result.n_nonfinite[b]), "ess": ess,
+             "ess_ratio": ess / n if n else 0.0,
+             "max_share": float(result.max_share[b, theta_index]), "flag": int(result.flag[b])}
+        events.append(d)
+        if d["flag"]:
+            continue
+        v = []
+        if d["n_nonfinite"]:
+            v.append(f"{d['n_nonfinite']} non-finite weight(s) of {d['n']}")
+        if d["ess_ratio"] < config.ess_ratio_min:
+            v.append(f"ESS/N = {d['ess_ratio']:.3g} < ess_ratio_min = {config.ess_ratio_min:g}")
+        if d["max_share"] > config.max_share_max:
+            v.append(f"max share = {d['max_share']:.3g} > max_share_max = {config.max_share_max:g}")
+        if v:
+            violations.append(f"{name}.event{b}: " + "; ".join(v))
+    out = {"name": name, "events": events, "n_violating": len(violations),
+           "violations": violations}
+    if violations:
+        msg = f"{len(violations)} event(s) with poor importance weights; " + violations[0]
+        log.warning(msg)
+        if config.on_violation == "error":
+            raise WeightError(msg)
+        warnings.warn(msg, WeightWarning, stacklevel=2)
+    return out

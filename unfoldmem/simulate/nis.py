@@ -1,8 +1,12 @@
 r"""Neural importance sampling: a normalizing flow on the unit hypercube trained to sample an
 integrand (PDF × |M|² × phase space), started from a VEGAS grid.
 
-The flow lives in logit space, x = logit(u), so its support is the whole open hypercube:
-q(u) = q_x(x) / Π u_i (1 − u_i). Training first maximises the likelihood of VEGAS-sampled
+The flow lives in probit space, x = Φ⁻¹(u) with Φ the standard normal CDF, so its support is
+the whole open hypercube and q(u) = q_x(x) / Π φ(x_i). The untrained flow (identity on a
+standard normal base) is uniform sampling, and because the spline flow is the identity outside
+[−5, 5] its tails stay uniform in u: a flat direction of the integrand near a face of the cube is
+never under-sampled (in logit space the Gaussian tails starve such regions and produce rare
+huge weights). Training first maximises the likelihood of VEGAS-sampled
 points weighted by f/q_VEGAS (so the flow starts where VEGAS ended), then minimises the forward
 KL divergence on its own samples, whose gradient is −E_q[(f/q) ∇ log q] / E_q[f/q].
 
@@ -47,6 +51,9 @@ __all__ = [
 #: Names accepted by :func:`make_sampler` and :func:`integrate` (the ``--sampler`` choices).
 SAMPLERS = ("vegas", "flow")
 
+_EPS = 1e-15
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
 Integrand = Callable[[Tensor], Tensor]
 """u (N, dim) float64 in [0, 1] → (N,) non-negative weights (pb)."""
 
@@ -77,28 +84,47 @@ class NISConfig:
 
 
 class HypercubeFlow(nn.Module):
-    """A density q(u) on the open unit hypercube (0, 1)^dim: a zuko NSF in logit space."""
+    """A density q(u) on the open unit hypercube (0, 1)^dim: a zuko spline flow in probit space.
+
+    Arguments:
+        dim: dimension of the cube; config: architecture (transforms, hidden, bins).
+    """
 
     def __init__(self, dim: int, config: NISConfig | None = None) -> None:
         super().__init__()
         config = config or NISConfig()
         self.dim = dim
+        # coupling (passes=2): one network call per layer when sampling, unlike an autoregressive
+        # flow's dim sequential calls
         self.flow = zuko.flows.NSF(
-            dim, 0, bins=config.bins, transforms=config.transforms, hidden_features=config.hidden
+            dim, 0, bins=config.bins, transforms=config.transforms,
+            hidden_features=config.hidden, passes=2 if dim > 1 else None,
         ).double()
+
+    @staticmethod
+    def _log_phi(x: Tensor) -> Tensor:
+        return (-0.5 * x * x - _HALF_LOG_2PI).sum(-1)
+
+    def log_prob_x(self, x: Tensor) -> Tensor:
+        """log q(u(x)) (N,) for probit-space points x (N, dim); differentiable in the weights."""
+        return self.flow().log_prob(x) - self._log_phi(x)
 
     def log_prob(self, u: Tensor) -> Tensor:
         """log q(u), (N,), for u (N, dim) strictly inside the cube."""
-        u = u.clamp(1e-15, 1 - 1e-15)
-        x = torch.log(u) - torch.log1p(-u)
-        return self.flow().log_prob(x) - (torch.log(u) + torch.log1p(-u)).sum(-1)
+        x = torch.special.ndtri(u.double().clamp(_EPS, 1 - _EPS))
+        return self.log_prob_x(x)
+
+    def sample_x(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """n points: probit x (n, dim), u (n, dim) and log q(u) (n,), without gradients."""
+        with torch.no_grad():
+            x, log_qx = self.flow().rsample_and_log_prob((n,))
+            u = torch.special.ndtr(x).clamp(_EPS, 1 - _EPS)
+            return x, u, log_qx - self._log_phi(x)
 
     def sample(self, n: int) -> tuple[Tensor, Tensor]:
         """n points u (n, dim) and their log q(u) (n,), without gradients."""
-        with torch.no_grad():
-            x, log_qx = self.flow().rsample_and_log_prob((n,))
-            u = torch.sigmoid(x).clamp(1e-15, 1 - 1e-15)
-            return u, log_qx - (torch.log(u) + torch.log1p(-u)).sum(-1)
+        _, u, log_q = self.sample_x(n)
+        return u, log_q
 
 
 @dataclass
@@ -202,7 +228,7 @@ def train_nis(f: Integrand, dim: int, config: NISConfig | None = None,
         history["warmup_loss"].append(total / len(u))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(config.kl_steps, 1))
     for _ in range(config.kl_steps):
-        us, log_q = model.sample(config.kl_batch)
+        xs, us, log_q = model.sample_x(config.kl_batch)
         with torch.no_grad():
             ratio = f(us) * torch.exp(-log_q)
         if not bool(torch.isfinite(ratio).all()) or float(ratio.sum()) <= 0:
@@ -210,7 +236,7 @@ def train_nis(f: Integrand, dim: int, config: NISConfig | None = None,
             sched.step()
             continue
         # ∇ KL(p‖q) = −E_q[(p/q) ∇ log q]; self-normalised so the unknown σ drops out
-        loss = -(ratio * model.log_prob(us)).sum() / ratio.sum()
+        loss = -(ratio * model.log_prob_x(xs)).sum() / ratio.sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
