@@ -4,13 +4,14 @@ NaN safety. Also holds the Drell–Yan sample builder used by the other tests in
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import hypothesis.strategies as st
 import numpy as np
 import torch
 from hypothesis import given, settings
 
+from tests.conftest import REPO
 from unfoldmem.cards import load_card
 from unfoldmem.cards.detector import DetectorCard
 from unfoldmem.mem.integrand import (
@@ -24,12 +25,11 @@ from unfoldmem.mem.integrand import (
 from unfoldmem.physics.hadronic import integrand_from_card
 from unfoldmem.physics.pdf import load_pdf
 from unfoldmem.simulate.detector import ParametricDetector
-from tests.conftest import REPO
 
 torch.set_num_threads(1)  # intra-op threads thrash on the shared 2-core machine
 
 
-@lru_cache(maxsize=None)
+@cache
 def dy_setup() -> tuple:
     """Drell–Yan hadronic integrand (real PDF), default detector and exact-W MEM integrand."""
     card = load_card(REPO / "cards/processes/drell_yan.yaml", kind="process")
@@ -135,7 +135,7 @@ def test_per_permutation_sum_equals_total() -> None:
     perm_sum = torch.exp(lw - total[..., None]).sum(-1)
     assert torch.allclose(perm_sum, torch.ones_like(perm_sum), atol=1e-10, rtol=0)
     # One assignment by hand: b→5, μ→1, b̄→7, d→6, ū→8.
-    k = [i for i, m in enumerate(prep["index"][0].tolist()) if m == [5, 1, -1, 7, 6, 8]][0]
+    k = next(i for i, m in enumerate(prep["index"][0].tolist()) if m == [5, 1, -1, 7, 6, 8])
     pdg = torch.tensor(fs)
     hand = sum(det.log_density(obj[s, :3], partons[:, 0, i], pdg[i], obj[s, 4] if s > 1 else None)
                for i, s in ((0, 5), (1, 1), (3, 7), (4, 6), (5, 8)))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.mem.test_integrand import dy_setup, make_dy_events
 from unfoldmem.mem.integrand import RecoEvents
 from unfoldmem.mem.sampling import RecoChannel, diagnose, importance_sample
 from unfoldmem.weights import WeightDiagnosticsConfig, WeightWarning
-from tests.mem.test_integrand import dy_setup, make_dy_events
 
 torch.set_num_threads(1)
 

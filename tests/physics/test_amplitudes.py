@@ -72,7 +72,7 @@ def test_spinor_completeness_and_dirac_equation(mass: float) -> None:
     p[0, 3] = -p[0, 3].abs()
     p[0, 0] = torch.sqrt(p[0, 3] ** 2 + mass**2)
     if mass > 0:
-        p[1] = torch.tensor([mass, 0.0, 0.0, 0.0])  # at rest: quantised along +z
+        p[1] = torch.tensor([mass, 0.0, 0.0, 0.0], dtype=F64)  # at rest: quantised along +z
     eye = torch.eye(4, dtype=C128)
     uu = sum(torch.einsum("ni,nj->nij", h.spinor_u(p, mass, s), h.spinor_ubar(p, mass, s)) for s in (1, -1))
     vv = sum(torch.einsum("ni,nj->nij", h.spinor_v(p, mass, s), h.spinor_vbar(p, mass, s)) for s in (1, -1))

@@ -19,8 +19,7 @@ from unfoldmem.physics.xsec import cross_section
 from unfoldmem.simulate.generator import EventGenerator, generate_file
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = GeneratorConfig(neval=3000, nitn_adapt=4, n_presample=20_000, batch=20_000,
-                        chunk_size=4000)
+SMALL = GeneratorConfig(neval=2000, nitn_adapt=3, n_presample=10_000, batch=10_000, chunk_size=3000)
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +57,19 @@ def test_unweighted_reproduce_weighted_distributions(dy: object) -> None:
     Reference: the weighted sample itself (the exact integrand density, importance-sampled).
     """
     gen_w = EventGenerator(dy, SMALL, seed=11)
-    w = next(iter(gen_w.generate(4000, weighted=True)))
+    w = next(iter(gen_w.generate(3000, weighted=True)))
     gen_u = EventGenerator(dy, SMALL, seed=12)
-    u = next(iter(gen_u.generate(4000)))
+    u = next(iter(gen_u.generate(3000)))
     assert torch.all(u.weight >= 1.0) and float(u.weight.mean()) < 1.01
     assert float(w.weight.mean()) == pytest.approx(1.0, abs=0.1)
     ow, ou = _observables(w.momenta), _observables(u.momenta)
-    edges = {"m_ll": np.linspace(60, 120, 13), "y_ll": np.linspace(-3, 3, 13),
-             "pt_mu": np.linspace(0, 70, 15), "eta_mu": np.linspace(-5, 5, 11),
-             "cos_cs": np.linspace(-1, 1, 11)}
+    edges = {
+        "m_ll": np.linspace(60, 120, 13),
+        "y_ll": np.linspace(-3, 3, 13),
+        "pt_mu": np.linspace(0, 70, 15),
+        "eta_mu": np.linspace(-5, 5, 11),
+        "cos_cs": np.linspace(-1, 1, 11),
+    }
     for name, e in edges.items():
         p = _chi2_two_sample(ow[name], w.weight.numpy(), ou[name], e)
         assert p > 1e-3, (name, p)
@@ -79,11 +82,11 @@ def test_sigma_matches_xsec_integrator(dy: object) -> None:
 
     Reference: unfoldmem.physics.xsec.cross_section (stratified VEGAS, independent seed).
     """
-    ref = cross_section(dy, neval=4000, nitn_adapt=4, nitn=4, seed=5)
+    ref = cross_section(dy, neval=3000, nitn_adapt=3, nitn=3, seed=5)
     gen = EventGenerator(dy, SMALL, seed=3)
     gen.adapt()
     assert abs(gen.sigma - ref.sigma) < 4 * np.hypot(gen.sigma_error, ref.error)
-    for _ in gen.generate(2000):
+    for _ in gen.generate(1000):
         pass
     s, e = gen.generation_sigma()
     assert abs(s - ref.sigma) < 4 * np.hypot(e, ref.error)
@@ -94,15 +97,15 @@ def test_generate_file_seed_determinism(dy: object, tmp_path: Path) -> None:
     """Same seed → identical trees; different seed → different events; pass_reco consistent."""
     det = load_card(ROOT / "cards/detectors/default.yaml")
     sel = SelectionConfig(n_leptons_min=2, lepton_pt_min=20.0)
-    cfg = SMALL.model_copy(update={"chunk_size": 300})
+    cfg = SMALL.model_copy(update={"chunk_size": 150, "n_presample": 4000, "neval": 1000})
     paths = [tmp_path / f"{i}.root" for i in range(3)]
     for p, seed in zip(paths, (4, 4, 5), strict=True):
-        generate_file(p, dy, det, sel, 700, seed, cfg)
+        generate_file(p, dy, det, sel, 400, seed, cfg)
     d = [read_detector(p) for p in paths]
     par = [read_partons(p) for p in paths]
     assert ak.to_list(d[0]) == ak.to_list(d[1]) and ak.to_list(par[0]) == ak.to_list(par[1])
     assert ak.to_list(par[0].partons) != ak.to_list(par[2].partons)
-    assert len(par[0]) == 700 and list(par[0].event_id) == list(range(700))
+    assert len(par[0]) == 400 and list(par[0].event_id) == list(range(400))
     assert int(ak.sum(par[0].pass_reco)) == len(d[0])
     assert set(d[0].event_id.to_list()) == set(par[0].event_id[par[0].pass_reco].to_list())
     assert ak.all(ak.num(d[0].muons, axis=1) >= 2)

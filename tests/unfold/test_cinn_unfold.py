@@ -43,8 +43,8 @@ SIGMA_ETA = 0.4
 MODEL_CARD = ModelCard(
     name="toy",
     flow={"transforms": 4, "hidden": [48, 48], "bins": 8},
-    condition={"embed": 16, "hidden": [32], "context": 8},
-    training={"epochs": 20, "batch_size": 128, "lr": 3e-3, "patience": 0, "seed": 1},
+    condition={"embed": 32, "hidden": [64], "context": 16},
+    training={"epochs": 30, "batch_size": 128, "lr": 6e-3, "patience": 0, "seed": 1},
     encoding={"max_jets": 1, "max_leptons": 2},
 )
 
@@ -61,32 +61,54 @@ def _one_thread():
 def toy_detector(eta_max: float = 10.0, efficiency: float = 1.0) -> DetectorCard:
     """Muon-only parametric detector of the toy (no ISR, small MET noise)."""
     return DetectorCard(
-        muons={"mass": 0.1056583755, "pt_min": 1.0, "eta_max": eta_max, "eta_edges": [0.0, 20.0],
-               "resolution": {"a": [0.10], "b": [0.0]}, "sigma_eta": [SIGMA_ETA],
-               "sigma_phi": [0.1], "efficiency": [efficiency]},
+        muons={
+            "mass": 0.1056583755,
+            "pt_min": 1.0,
+            "eta_max": eta_max,
+            "eta_edges": [0.0, 20.0],
+            "resolution": {"a": [0.10], "b": [0.0]},
+            "sigma_eta": [SIGMA_ETA],
+            "sigma_phi": [0.1],
+            "efficiency": [efficiency],
+        },
         isr={"distribution": "none", "mean": 0.0},
         met={"noise": 5.0, "noise_sumet": 0.0},
     )
 
 
-def make_toy(n: int, seed: int = 1, eta_mean: float = 0.0, pt_scale: float = 40.0,
-             eta_max: float = 10.0, efficiency: float = 1.0,
-             weight: np.ndarray | None = None) -> tuple[ak.Array, ak.Array]:
+def make_toy(
+    n: int,
+    seed: int = 1,
+    eta_mean: float = 0.0,
+    pt_scale: float = 40.0,
+    eta_max: float = 10.0,
+    efficiency: float = 1.0,
+    weight: np.ndarray | None = None,
+) -> tuple[ak.Array, ak.Array]:
     """Detector records (passing events) and parton records (all events) of the toy."""
     g = np.random.default_rng(seed)
     pt = pt_scale * np.exp(0.25 * g.standard_normal((n, 2)))
     eta = g.normal(eta_mean, 1.0, (n, 2))
     phi = g.uniform(-np.pi, np.pi, (n, 2))
     m = 0.1056583755
-    mom = np.stack([np.sqrt((pt * np.cosh(eta)) ** 2 + m * m), pt * np.cos(phi),
-                    pt * np.sin(phi), pt * np.sinh(eta)], -1)
+    mom = np.stack(
+        [
+            np.sqrt((pt * np.cosh(eta)) ** 2 + m * m),
+            pt * np.cos(phi),
+            pt * np.sin(phi),
+            pt * np.sinh(eta),
+        ],
+        -1,
+    )
     beam = np.zeros((n, 2, 4))
     beam[:, 0, [0, 3]] = 100.0
     beam[:, 1, 0], beam[:, 1, 3] = 100.0, -100.0
     allp = np.concatenate([beam, mom], 1)
     out = ParametricDetector(toy_detector(eta_max, efficiency)).simulate(
-        torch.from_numpy(mom), torch.tensor([[13, -13]]).expand(n, 2),
-        torch.Generator().manual_seed(seed))
+        torch.from_numpy(mom),
+        torch.tensor([[13, -13]]).expand(n, 2),
+        torch.Generator().manual_seed(seed),
+    )
     reco = out.to_awkward()
     passed = (out.muons.count == 2).numpy()
     eid = np.arange(n, dtype=np.int64) + 1_000_000 * seed
@@ -94,23 +116,37 @@ def make_toy(n: int, seed: int = 1, eta_mean: float = 0.0, pt_scale: float = 40.
     pdg = np.tile(np.array([2, -2, 13, -13], dtype=np.int32), (n, 1))
     parts = {k: allp[..., i].reshape(-1) for i, k in enumerate(("E", "px", "py", "pz"))}
     parts["pdgId"] = pdg.reshape(-1)
-    partons = ak.zip({
-        "event_id": eid, "weight": w, "pass_reco": passed, "x1": np.full(n, 0.01),
-        "x2": np.full(n, 0.01), "id1": np.full(n, 2, np.int32), "id2": np.full(n, -2, np.int32),
-        "partons": ak.unflatten(ak.zip(parts), np.full(n, 4)),
-    }, depth_limit=1)
+    partons = ak.zip(
+        {
+            "event_id": eid,
+            "weight": w,
+            "pass_reco": passed,
+            "x1": np.full(n, 0.01),
+            "x2": np.full(n, 0.01),
+            "id1": np.full(n, 2, np.int32),
+            "id2": np.full(n, -2, np.int32),
+            "partons": ak.unflatten(ak.zip(parts), np.full(n, 4)),
+        },
+        depth_limit=1,
+    )
     f = ("pt", "eta", "phi", "mass")
-    det = ak.zip({
-        "event_id": eid, "weight": w, "jets": reco.jets[[*f, "btag"]],
-        "muons": reco.muons[[*f, "charge"]], "electrons": reco.electrons[[*f, "charge"]],
-        "met": reco.met,
-    }, depth_limit=1)
+    det = ak.zip(
+        {
+            "event_id": eid,
+            "weight": w,
+            "jets": reco.jets[[*f, "btag"]],
+            "muons": reco.muons[[*f, "charge"]],
+            "electrons": reco.electrons[[*f, "charge"]],
+            "met": reco.met,
+        },
+        depth_limit=1,
+    )
     return det[passed], partons
 
 
 @functools.cache
 def trained_toy() -> tuple[torch.nn.Module, Simulation, ModelLayout]:
-    """A small cINN trained once per session on 4000 toy events (η₀ = 0)."""
+    """A small cINN trained once per session on 4000 toy events (η₀ = 0), ~25 s of one core."""
     torch.set_num_threads(1)
     det, par = make_toy(4000, seed=1)
     sim = Simulation(det, par)
@@ -149,8 +185,11 @@ def test_samples_seeded_and_root_round_trip(tmp_path) -> None:
     np.testing.assert_allclose(back.weight, ak.to_numpy(det.weight), rtol=1e-12)
     # on-shell muons: the sampled masses are the fixed mass of the encoding
     mass2 = a.momenta[..., 0] ** 2 - (a.momenta[..., 1:] ** 2).sum(-1)
-    assert torch.allclose(mass2.clamp_min(0).sqrt(), torch.tensor(0.1056583755, dtype=torch.float64),
-                          atol=1e-6 * float(a.momenta[..., 0].max()))
+    assert torch.allclose(
+        mass2.clamp_min(0).sqrt(),
+        torch.tensor(0.1056583755, dtype=torch.float64),
+        atol=1e-6 * float(a.momenta[..., 0].max()),
+    )
 
 
 def test_layout_refuses_mismatched_data() -> None:
@@ -183,10 +222,10 @@ def test_eta_posterior_matches_conjugate_gaussian() -> None:
     eta_r = torch.tensor(ak.to_numpy(ak.firsts(mu_reco)))
     s2 = SIGMA_ETA**2
     mean_exact, sd_exact = eta_r / (1 + s2), SIGMA_ETA / math.sqrt(1 + s2)
-    bias = (eta.mean(0) - mean_exact).mean()
-    # each event's sample mean has error sd/√200; the mean over 400 events sd/√80000
-    assert abs(float(bias)) < 0.05
-    assert float((eta.mean(0) - mean_exact).abs().mean()) < 0.15 * sd_exact + 4 * sd_exact / math.sqrt(200)
+    diff = eta.mean(0) - mean_exact
+    # a sample mean of 200 draws has error sd/√200 ≈ 0.026; the network may add a little
+    assert abs(float(diff.mean())) < 0.05
+    assert float(diff.abs().mean()) < 0.25 * sd_exact
     ratio = float(eta.std(0).mean()) / sd_exact
     assert 0.85 < ratio < 1.15
 
@@ -198,11 +237,12 @@ def test_calibration_and_closure_on_held_out_events() -> None:
     model, _, lay = trained_toy()
     det, par = make_toy(1500, seed=11)
     obs = observables_for("drell_yan")
-    samples = unfold(model, det, lay, obs, 60, **KW)
+    samples = unfold(model, det, lay, obs, 100, **KW)
     truth = Simulation(det, par)
     mom, pdg = truth.momenta(), torch.tensor(lay.parton_pdg)
     cal = calibration(samples, truth_values(mom[truth.pass_index], pdg, obs))
     for name, frac in cal.items():
+        print(name, frac)
         assert 0.63 <= frac <= 0.73, (name, frac)
     h = unfolded_histograms(samples, obs, "reco", n_replicas=50)
     t = truth_histograms(mom, pdg, truth.weight, ak.to_numpy(par.pass_reco), obs, "reco")
@@ -214,8 +254,9 @@ def test_ensemble_members_give_a_model_band() -> None:
     """Two different networks as an ensemble: samples split by member, model band > 0, and the
     combined error is the quadrature sum of its parts."""
     model, _, lay = trained_toy()
-    other = type(model)(model.parton_encoding, model.reco_encoding, MODEL_CARD.flow,
-                        MODEL_CARD.condition)
+    other = type(model)(
+        model.parton_encoding, model.reco_encoding, MODEL_CARD.flow, MODEL_CARD.condition
+    )
     other.load_state_dict(model.state_dict())
     with torch.no_grad():
         for p in other.flow.parameters():

@@ -32,6 +32,9 @@ class GeneratorConfig(StrictModel):
     n_presample: PositiveInt = Field(
         200_000, description="points that fix σ estimate and the unweighting maximum"
     )
+    max_overweight: NonNegativeFloat = Field(
+        1e-3, description="fraction of σ allowed above w_max (carried by weights > 1)"
+    )
     batch: PositiveInt = Field(50_000, description="integrand points per call (memory bound)")
     chunk_size: PositiveInt = Field(100_000, description="events per written chunk")
     weighted: bool = Field(False, description="keep weighted events instead of unweighting")

@@ -16,6 +16,7 @@ from unfoldmem.cli import cards as cards_cli
 from unfoldmem.cli import generate as generate_cli
 from unfoldmem.cli import inference as inference_cli
 from unfoldmem.cli import inspect as inspect_cli
+from unfoldmem.cli import likelihood as likelihood_cli
 from unfoldmem.cli import omnifold as omnifold_cli
 from unfoldmem.cli import train as train_cli
 from unfoldmem.cli import unfold as unfold_cli
@@ -70,7 +71,7 @@ xsec_cli.register(app)
 generate_cli.register(app)
 train_cli.register(app)
 unfold_cli.register(app)
-_stub("likelihood", "Per-event MEM likelihoods over a θ grid")
+likelihood_cli.register(app)
 inference_cli.register(app)
 _stub("quality", "Quality report of a generative model")
 _stub("export", "Export a trained model to ONNX")

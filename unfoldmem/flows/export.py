@@ -84,7 +84,8 @@ class _StaticEncoding(nn.Module):
             dphi = torch.remainder(phi[..., 1:] - phi[..., :1] + math.pi, 2 * math.pi) - math.pi
             phi = torch.cat([phi[..., :1], dphi], -1)
         u = (phi / math.pi).clamp(-_U_MAX, _U_MAX)
-        parts = [torch.log(pt), eta[..., self.eta_idx], torch.atanh(u)]
+        # atanh as logs: onnxruntime has no float64 Atanh kernel
+        parts = [torch.log(pt), eta[..., self.eta_idx], 0.5 * (torch.log1p(u) - torch.log1p(-u))]
         ladj = (-torch.log(pt) - math.log(math.pi) - torch.log1p(-u * u)).sum(-1)
         if self.mass_idx:
             lm = torch.log(m[..., self.mass_idx] + self.mass_offset)

@@ -165,7 +165,7 @@ class RecoChannel:
         return self.transform(u, ctx, pick)
 
     def transform(self, u: Tensor, ctx: SamplingContext, pick: Tensor) -> Tensor:
-        """Map uniforms u (S, B, n, 3) ∈ (0,1) to z for assignments ``pick`` (S, B).
+        r"""Map uniforms u (S, B, n, 3) ∈ (0,1) to z for assignments ``pick`` (S, B).
 
         Gaussian coordinates are :math:`c + w\,\Phi^{-1}(u)` (φ then wrapped), a uniform φ is
         :math:`2\pi u - \pi`; the recoil's :math:`\vec a = \text{balance} + \sigma_h

@@ -210,26 +210,33 @@ def breit_wigner_denominator(p2: Tensor, mass: Tensor | float, width: Tensor | f
     return (p2 - m * m) + 1j * (m * w)
 
 
+def _is_zero(g: Tensor | float) -> bool:
+    """A coupling known to vanish (a Python 0): lets chiral currents skip half the work."""
+    return isinstance(g, float | int) and g == 0
+
+
 def ffv_current(bar_out: Tensor, psi_in: Tensor, gl: Tensor | float, gr: Tensor | float) -> Tensor:
     r"""Fermion current :math:`J^\mu = \bar\psi_{out}\gamma^\mu(g_L P_L + g_R P_R)\psi_{in}`, (..., 4)."""
     a1, a2, a3, a4 = bar_out[..., 0], bar_out[..., 1], bar_out[..., 2], bar_out[..., 3]
     c1, c2, c3, c4 = psi_in[..., 0], psi_in[..., 1], psi_in[..., 2], psi_in[..., 3]
-    # right-handed: (a1,a2) σ^μ (c3,c4); left-handed: (a3,a4) σbar^μ (c1,c2)
-    r0, r1, r2, r3 = (
-        a1 * c3 + a2 * c4,
-        a1 * c4 + a2 * c3,
-        1j * (a2 * c3 - a1 * c4),
-        a1 * c3 - a2 * c4,
-    )
-    l0, l1, l2, l3 = (
-        a3 * c1 + a4 * c2,
-        a3 * c2 + a4 * c1,
-        1j * (a4 * c1 - a3 * c2),
-        a3 * c1 - a4 * c2,
-    )
-    return torch.stack(
-        [gl * l0 + gr * r0, gr * r1 - gl * l1, gr * r2 - gl * l2, gr * r3 - gl * l3], -1
-    )
+    parts = []
+    if not _is_zero(gr):
+        # right-handed: (a1,a2) σ^μ (c3,c4)
+        x, y, z, w = a1 * c3, a2 * c4, a1 * c4, a2 * c3
+        parts.append(
+            torch.stack([x + y, z + w, 1j * (w - z), x - y], -1)
+            * (gr.unsqueeze(-1) if isinstance(gr, Tensor) and gr.dim() else gr)
+        )
+    if not _is_zero(gl):
+        # left-handed: (a3,a4) σbar^μ (c1,c2)
+        x, y, z, w = a3 * c1, a4 * c2, a3 * c2, a4 * c1
+        parts.append(
+            torch.stack([x + y, -(z + w), 1j * (z - w), y - x], -1)
+            * (gl.unsqueeze(-1) if isinstance(gl, Tensor) and gl.dim() else gl)
+        )
+    if not parts:
+        return torch.zeros_like(bar_out)
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
 
 def ffv_amplitude(

@@ -234,7 +234,7 @@ class ParametricDetector:
                      c.sigma_eta[r], c.sigma_phi[r], c.efficiency[r]])
         tab[:, 4:6] = tab[:, 4:6].clamp(min=_SIGMA_FLOOR)
         self._n_fine = n_fine
-        self._tab = tab.T.contiguous()
+        self._tab = tab
         # b-tag rows: flavour (0 light, 1 c, 2 b) * n_fine + fine bin.
         rb = region(bt.eta_edges)
         self._btag = torch.tensor(
@@ -274,7 +274,7 @@ class ParametricDetector:
         eta, phi = lorentz.eta(p), lorentz.phi(p)
         fine = torch.bucketize(eta.abs(), self._edges)
         row = kind * self._n_fine + fine
-        ca, cb, cc, cd, s_eta, s_phi, eff = (t[row] for t in self._tab)
+        ca, cb, cc, cd, s_eta, s_phi, eff = self._tab[row].unbind(-1)
         jet = kind == KIND_JET
         e_safe = torch.where(good, energy, 1.0)
         x = torch.where(jet, e_safe, torch.where(good, pt, 1.0))

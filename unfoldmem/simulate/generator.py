@@ -58,8 +58,9 @@ class EventGenerator:
 
     VEGAS adapts a map x(y) of the unit hypercube to the integrand (``nitn_adapt`` iterations
     of ``neval`` points); then y ~ U[0,1]^d gives weights w = f(x(y))·|∂x/∂y| with
-    E[w] = σ. A presample fixes σ̂ and w_max; events are accepted with probability
-    min(1, w/w_max) (overweight ones keep weight w/w_max > 1, so nothing is biased).
+    E[w] = σ. A presample fixes σ̂ and w_max (set so that the overweight excess is at most
+    ``config.max_overweight`` of σ); events are accepted with probability min(1, w/w_max)
+    and overweight ones keep weight w/w_max > 1, so nothing is biased.
 
     Arguments:
         integrand: the :class:`~unfoldmem.physics.hadronic.HadronicIntegrand`.
@@ -104,7 +105,7 @@ class EventGenerator:
                        for i in range(0, c.n_presample, c.batch)])
         self.sigma = float(w.mean())
         self.sigma_error = float(w.std() / math.sqrt(w.numel()))
-        self.w_max = float(w.max())
+        self.w_max = _w_max(w, self.config.max_overweight)
         nz = w[w > 0]
         if nz.numel() == 0:
             msg = "the integrand is zero at every presampled point (check the cuts and θ)"
@@ -191,6 +192,21 @@ class EventGenerator:
         mean = self._sum_w / n
         var = max(self._sum_w2 / n - mean * mean, 0.0)
         return mean, math.sqrt(var / n)
+
+
+def _w_max(w: Tensor, fraction: float) -> float:
+    """Smallest w_max whose overweight excess Σ(w - w_max)+ is ≤ ``fraction`` of Σw.
+
+    Overweight events keep weight w/w_max, so this only trades efficiency for a few weights
+    above 1; nothing is biased.
+    """
+    ws = torch.sort(w, descending=True).values
+    if fraction <= 0 or ws.numel() < 2:
+        return float(ws[0])
+    k = torch.arange(1, ws.numel(), dtype=torch.float64)
+    excess = torch.cumsum(ws, 0)[:-1] - k * ws[1:]
+    bad = torch.nonzero(excess > fraction * float(ws.sum()))
+    return float(ws[int(bad[0])]) if bad.numel() else float(ws[-1])
 
 
 def _cat(parts: list[PartonChunk], n: int) -> PartonChunk:

@@ -1,0 +1,98 @@
+r"""Simulation speed and memory: detector events/s, unweighted tt̄ parton events/s vs Pythia 8.
+
+Prints one JSON line per figure. ``--rss-events N`` sets the size of the chunked generation
+whose peak memory is measured (1000000 for the full figure; slow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from unfoldmem.cards import load_card
+from unfoldmem.cards.run import GeneratorConfig, SelectionConfig
+from unfoldmem.physics.hadronic import integrand_from_card
+from unfoldmem.simulate.detector import ParametricDetector
+from unfoldmem.simulate.generator import EventGenerator, generate_file
+from unfoldmem.simulate.pythia_chain import PythiaChain, pythia_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def emit(figure: str, value: float, unit: str, baseline: str | None = None,
+         baseline_value: float | None = None) -> None:
+    ratio = value / baseline_value if baseline_value else None
+    print(json.dumps({"figure": figure, "value": value, "unit": unit, "baseline": baseline,
+                      "baseline_value": baseline_value, "ratio": ratio}), flush=True)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=20_000, help="tt̄ events for the rate figures")
+    ap.add_argument("--detector-events", type=int, default=1_000_000)
+    ap.add_argument("--rss-events", type=int, default=200_000)
+    args = ap.parse_args()
+
+    pcard = load_card(ROOT / "cards/processes/ttbar_semileptonic.yaml")
+    integrand = integrand_from_card(pcard)
+    cfg = GeneratorConfig(neval=20_000, nitn_adapt=8, n_presample=200_000)
+    gen = EventGenerator(integrand, cfg, seed=1)
+    gen.adapt()
+    t0 = time.perf_counter()
+    chunks = list(gen.generate(args.events))
+    dt = time.perf_counter() - t0
+    ours = args.events / dt
+
+    chain = PythiaChain(pythia_settings("ttbar", {"m_t": 172.5}, 13000.0, {}), seed=1,
+                        parton_level=False, hadron_level=False)
+    for _ in range(200):  # warm-up
+        chain.next_hard()
+    t0 = time.perf_counter()
+    for _ in range(args.events):
+        chain.next_hard()
+    peer = args.events / (time.perf_counter() - t0)
+    emit("ttbar_unweighted_parton_events_per_s", ours, "events/s",
+         "pythia8 Top:gg2ttbar+qqbar2ttbar, PartonLevel/HadronLevel off", peer)
+    emit("ttbar_unweighting_efficiency", gen.efficiency, "fraction")
+
+    # Detector: the generated tt̄ partons, tiled up to --detector-events.
+    mom = torch.cat([c.momenta for c in chunks])
+    pdg = torch.cat([c.pdg for c in chunks])
+    reps = -(-args.detector_events // len(mom))
+    mom = mom.repeat(reps, 1, 1)[: args.detector_events].contiguous()
+    pdg = pdg.repeat(reps, 1)[: args.detector_events].contiguous()
+    det = ParametricDetector(load_card(ROOT / "cards/detectors/default.yaml"))
+    g = torch.Generator().manual_seed(0)
+    det.simulate(mom[:10_000], pdg[:10_000], g)
+    t0 = time.perf_counter()
+    det.simulate(mom, pdg, g)
+    emit("detector_events_per_s", len(mom) / (time.perf_counter() - t0), "events/s",
+         "target", 1e6)
+
+    # Peak memory of a chunked generation written to disk (flat memory: chunks are streamed).
+    rss = []
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_file(Path(tmp) / "big.root", integrand,
+                      load_card(ROOT / "cards/detectors/default.yaml"), SelectionConfig(),
+                      args.rss_events, 2, cfg.model_copy(update={"chunk_size": 50_000}),
+                      progress=lambda done: rss.append(_rss_mb()))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    emit(f"ttbar_generation_{args.rss_events}_peak_rss", peak, "MiB")
+    emit("ttbar_generation_rss_growth_last_vs_first_chunk", rss[-1] / rss[0], "ratio")
+    print(f"torch threads: {torch.get_num_threads()}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
