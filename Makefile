@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m unfoldmem demo -o demo-output
+	$(PY) -m unfoldmem demo -o demo-output --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_FLAGS) -m "not slow"

@@ -1,4 +1,5 @@
 import numpy as np
+
 from unfoldmem.inference.calibration import GaussianToy, LinearGaussianToy, toy_likelihoods
 from unfoldmem.inference.likelihood_file import write_likelihoods
 

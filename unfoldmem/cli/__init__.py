@@ -13,11 +13,14 @@ import typer
 
 from unfoldmem import __version__
 from unfoldmem.cli import cards as cards_cli
+from unfoldmem.cli import demo as demo_cli
+from unfoldmem.cli import export as export_cli
 from unfoldmem.cli import generate as generate_cli
 from unfoldmem.cli import inference as inference_cli
 from unfoldmem.cli import inspect as inspect_cli
 from unfoldmem.cli import likelihood as likelihood_cli
 from unfoldmem.cli import omnifold as omnifold_cli
+from unfoldmem.cli import quality as quality_cli
 from unfoldmem.cli import train as train_cli
 from unfoldmem.cli import unfold as unfold_cli
 from unfoldmem.cli import xsec as xsec_cli
@@ -73,9 +76,9 @@ train_cli.register(app)
 unfold_cli.register(app)
 likelihood_cli.register(app)
 inference_cli.register(app)
-_stub("quality", "Quality report of a generative model")
-_stub("export", "Export a trained model to ONNX")
-_stub("demo", "Small end-to-end analysis with a report")
+quality_cli.register(app)
+export_cli.register(app)
+demo_cli.register(app)
 
 
 def main() -> None:

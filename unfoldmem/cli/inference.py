@@ -114,7 +114,7 @@ def fit(
         from unfoldmem.inference.scan import scan as do_scan
 
         sc = do_scan(lik, n_replicas=0) if len(res.names) <= 2 else None
-        plot = (lambda p: plot_scan(sc, p)) if isinstance(sc, Scan1D) else (
+        plot = (lambda p: plot_scan(sc, p, fit=res)) if isinstance(sc, Scan1D) else (
             lambda p: plot_contour(sc, p))
         _write(output, overwrite, res.to_dict(), "fit", plot)
 

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from scipy.stats import norm
 
 from unfoldmem.inference.calibration import CalibrationResult
+from unfoldmem.inference.fit import FitResult
 from unfoldmem.inference.posterior import PosteriorResult
 from unfoldmem.inference.scan import CL_68, Scan1D, Scan2D, delta_chi2
 from unfoldmem.io.atomic import atomic_path
@@ -32,8 +33,13 @@ def _label(cl: float) -> str:
     return f"{100 * cl:.0f}% CL" if cl != CL_68 else "68% CL"
 
 
-def plot_scan(scan: Scan1D, path: str | Path, overwrite: bool = False) -> Path:
-    """−2ΔlnL points, spline, minimum and 68 %/95 % intervals of a 1D scan; saved to ``path``."""
+def plot_scan(
+    scan: Scan1D, path: str | Path, overwrite: bool = False, fit: FitResult | None = None
+) -> Path:
+    """−2ΔlnL points, spline, minimum and 68 %/95 % intervals of a 1D scan; saved to ``path``.
+
+    With ``fit``, the HESSE parabola ((θ − θ̂)/σ)² and the MINOS 68 % ends are drawn over it.
+    """
     with matplotlib.style.context(mplhep.style.ROOT):
         fig = Figure(figsize=(7, 5))
         ax = fig.subplots()
@@ -53,6 +59,12 @@ def plot_scan(scan: Scan1D, path: str | Path, overwrite: bool = False) -> Path:
             b = scan.theta[-1] if hi is None else hi
             ax.axvspan(a, b, color=_COLORS.get(cl, "tab:orange"), alpha=0.25, label=_label(cl))
         ax.axvline(scan.theta_hat, color="tab:red", lw=1)
+        if fit is not None:
+            th, err = fit.value(scan.name), fit.error(scan.name)
+            ax.plot(x, ((x - th) / err) ** 2, "--", color="tab:purple", label="HESSE parabola")
+            lo, hi = fit.minos[scan.name].get(CL_68, (None, None))
+            ends = [th + e for e in (lo, hi) if e is not None]
+            ax.plot(ends, [1.0] * len(ends), "v", color="tab:purple", ms=8, label="MINOS 68%")
         ax.set_xlabel(rf"$\theta$: {scan.name}")
         ax.set_ylabel(r"$-2\Delta\ln L$")
         ax.set_ylim(0, top)
