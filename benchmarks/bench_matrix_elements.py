@@ -3,8 +3,9 @@ r"""Speed of the exact LO |M|²: ttbar_semileptonic evaluations/s, one JSON line
 Figures: |M|²(gg → tt̄ → bμνb̄dū) points/s (the MEM's inner loop), the full channel table
 (gg + q q̄ + q̄ q) points/s, and Drell–Yan for scale. Baseline, measured in the same process:
 the float64 matmul rate (GFLOP/s of a 512×512 matmul), so the ratio says how many |M|² points one
-GFLOP/s of this machine buys. ``--threads`` sets torch's CPU threads (default 2, the target);
-``--device cuda`` times on a GPU.
+GFLOP/s of this machine buys. ``--threads`` sets torch's CPU threads (default 1: intra-op
+threads do not help elementwise complex arithmetic on 4096-event chunks; use one process per
+core, as the Dask workers do); ``--device cuda`` times on a GPU.
 Run: ``.venv/bin/python -m benchmarks.bench_matrix_elements``.
 """
 
@@ -35,7 +36,7 @@ def _points(name: str, n: int, device: torch.device):
 def main() -> None:
     """Print the JSON lines."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=50000)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
