@@ -26,7 +26,7 @@ from benchmarks._common import emit
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _events(had, det, n: int, seed: int):  # noqa: ANN001, ANN202
+def _events(had, det, n: int, seed: int):
     from unfoldmem.mem.integrand import RecoEvents
 
     g = torch.Generator().manual_seed(seed)

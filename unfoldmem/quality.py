@@ -30,6 +30,7 @@ __all__ = [
     "c2st_auc",
     "quality_report",
     "plot_quality",
+    "model_samples",
 ]
 
 
@@ -249,3 +250,93 @@ def plot_quality(gen: np.ndarray, truth: np.ndarray, names: list[str], path: str
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _drop_constant(x: np.ndarray, truth: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    # 1e-3 as ObjectEncoding's mass tolerance: massless partons rebuilt from (E, p) jitter
+    keep = np.ptp(truth, axis=0) > 1e-3
+    return x[:, keep], truth[:, keep], [n for n, k in zip(names, keep, strict=True) if k]
+
+
+def _object_features(v: np.ndarray, prefix: str) -> tuple[np.ndarray, list[str]]:
+    """(n, k, 4) (pt, eta, phi, m) → (n, 4k) columns and names ``{prefix}{i}_{pt,eta,phi,m}``."""
+    names = [f"{prefix}{i}_{c}" for i in range(v.shape[1]) for c in ("pt", "eta", "phi", "m")]
+    return v.reshape(len(v), -1), names
+
+
+def _system(v: torch.Tensor) -> np.ndarray:
+    """m and pt (GeV) of the sum of the objects (n, k, 4) (pt, eta, phi, m) → (n, 2)."""
+    from unfoldmem.physics import lorentz
+
+    p = lorentz.from_ptetaphim(v.double()).sum(-2)
+    return torch.stack([lorentz.mass(p), lorentz.pt(p)], -1).numpy()
+
+
+def _compact(reco: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The first ``count`` valid objects of each event in slot order: (n, S, 7) → (n, count, 4)."""
+    order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)[:, :count]
+    return torch.gather(reco[..., :4], 1, order[..., None].expand(-1, -1, 4))
+
+
+def model_samples(
+    model: torch.nn.Module, events: Any, partons: Any, n_samples: int = 1,
+    max_events: int | None = None, seed: int = 0, max_jets: int = 8, max_leptons: int = 2,
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Generated and true feature tables of a trained cINN or transfer flow on simulated events.
+
+    cINN: partons sampled given each event's reco objects vs the true partons (pt, eta, phi,
+    m per parton and the m, pt of the parton system: m_tt vs pt_tt for tt̄). Transfer flow:
+    reco objects sampled given the true partons vs the simulated reco (jet count; pt, eta, phi,
+    m of the fixed objects and the leading jets of the lowest multiplicity class). Constant
+    features (MET eta, fixed masses) are dropped.
+
+    Arguments:
+        model: a CINN or TransferFlow (the first member of an ensemble, the posterior-mean
+            network of a Bayesian model).
+        events: detector records (``Events`` tree); partons: parton records (``Partons``).
+        n_samples: generated samples per event.
+        max_events: use at most this many passing events (the first ones).
+        seed: torch seed of the sampling.
+        max_jets, max_leptons: the padded reco layout of the model card.
+
+    Returns:
+        gen (n·n_samples, d), truth (n, d), names (d,), w_gen, w_truth (event weights).
+    """
+    from unfoldmem.flows.cinn import CINN
+    from unfoldmem.flows.encoding import pad_reco, parton_objects
+    from unfoldmem.flows.export import exportable_members
+    from unfoldmem.flows.transfer import TransferFlow, jet_count
+    from unfoldmem.unfold.iterative import Simulation
+
+    net = exportable_members(model)[0][1].eval()
+    sim = Simulation(events, partons)
+    idx = np.arange(len(events)) if max_events is None else np.arange(min(max_events, len(events)))
+    ev = events[idx]
+    pv = partons[sim.pass_index[idx]]
+    reco, mask = pad_reco(ev, max_jets=max_jets, max_leptons=max_leptons)
+    true_partons = parton_objects(pv)
+    w = np.asarray(pv.weight, dtype=float)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        if isinstance(net, CINN):
+            gen_p = net.sample_partons(n_samples, reco, mask).reshape(-1, *true_partons.shape[1:])
+            g, names = _object_features(gen_p.numpy(), "p")
+            t, _ = _object_features(true_partons.numpy(), "p")
+            g = np.concatenate([g, _system(gen_p)], 1)
+            t = np.concatenate([t, _system(true_partons)], 1)
+            names += ["m_system", "pt_system"]
+        elif isinstance(net, TransferFlow):
+            count = int(net.fixed_types.shape[0]) + net.multiplicities[0]
+            sampled = net(true_partons).sample((n_samples,))
+            sampled = sampled.reshape(-1, *sampled.shape[2:])
+            smask = sampled[..., 0] > 0
+            g, names = _object_features(_compact(sampled, smask, count).numpy(), "o")
+            t, _ = _object_features(_compact(reco, mask, count).numpy(), "o")
+            g = np.concatenate([jet_count(sampled, smask).numpy()[:, None], g], 1)
+            t = np.concatenate([jet_count(reco, mask).numpy()[:, None], t], 1)
+            names = ["n_jets", *names]
+        else:
+            msg = f"cannot score a {type(net).__name__}; expected a CINN or TransferFlow"
+            raise TypeError(msg)
+    g, t, names = _drop_constant(g, t, names)
+    return g, t, names, np.tile(w, n_samples), w

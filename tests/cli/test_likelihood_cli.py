@@ -11,10 +11,10 @@ import pytest
 import torch
 import uproot
 
-from unfoldmem.inference.likelihood_file import read_likelihoods
-from unfoldmem.io import write_events
 from tests.conftest import REPO
 from tests.mem.test_integrand import dy_setup
+from unfoldmem.inference.likelihood_file import read_likelihoods
+from unfoldmem.io import write_events
 
 torch.set_num_threads(1)
 

@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from tests.mem.test_integrand import dy_setup, make_dy_events
+from tests.mem.test_sampling import quadrature_log_integral
 from unfoldmem.cards.model import ConditionConfig, FlowConfig, TrainingConfig
 from unfoldmem.flows.cinn import CINN
 from unfoldmem.flows.encoding import pad_reco
@@ -14,8 +16,6 @@ from unfoldmem.mem.integrand import ExactTransfer
 from unfoldmem.mem.likelihood import MEMConfig, MEMLikelihood, theta_grid_points
 from unfoldmem.mem.vegas_baseline import vegas_log_integral
 from unfoldmem.physics import lorentz
-from tests.mem.test_integrand import dy_setup, make_dy_events
-from tests.mem.test_sampling import quadrature_log_integral
 
 torch.set_num_threads(1)
 

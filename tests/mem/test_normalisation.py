@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from unfoldmem.mem.normalisation import GridNormalisation, ReweightNormalisation
 from tests.mem.test_integrand import dy_setup
+from unfoldmem.mem.normalisation import GridNormalisation, ReweightNormalisation
 
 torch.set_num_threads(1)
 

@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from unfoldmem.mem.sampling import RecoChannel, importance_sample
-from unfoldmem.mem.vegas_baseline import vegas_log_integral
 from tests.mem.test_integrand import dy_setup, make_dy_events
 from tests.mem.test_sampling import quadrature_log_integral
+from unfoldmem.mem.sampling import RecoChannel, importance_sample
+from unfoldmem.mem.vegas_baseline import vegas_log_integral
 
 torch.set_num_threads(1)
 

@@ -112,3 +112,30 @@ def test_generate_file_seed_determinism(dy: object, tmp_path: Path) -> None:
     meta = read_metadata(paths[0])
     assert meta["seed"] == 4 and meta["sigma_pb"] > 0
     assert np.allclose(par[0].theta.m_z.to_numpy(), 91.1876)
+
+
+@pytest.mark.slow
+def test_ttbar_unweighted_reproduce_weighted() -> None:
+    """t tbar -> b mu nu bbar d ubar: unweighted vs weighted on m(b mu nu), m(bbar d ubar),
+    pt(top), y(top) and the muon pt (χ² two-sample, p > 1e-3).
+
+    Reference: the weighted sample (importance-sampled exact integrand).
+    """
+    integ = integrand_from_card(load_card(ROOT / "cards/processes/ttbar_semileptonic.yaml"))
+    cfg = GeneratorConfig(neval=10_000, nitn_adapt=6, n_presample=100_000, chunk_size=20_000)
+    w = next(iter(EventGenerator(integ, cfg, seed=1).generate(20_000, weighted=True)))
+    u = next(iter(EventGenerator(integ, cfg, seed=2).generate(20_000)))
+
+    def obs(m: torch.Tensor) -> dict[str, np.ndarray]:
+        t, tb = m[:, 0] + m[:, 1] + m[:, 2], m[:, 3] + m[:, 4] + m[:, 5]
+        return {"m_t": lorentz.mass(t).numpy(), "m_tbar": lorentz.mass(tb).numpy(),
+                "pt_t": lorentz.pt(t).numpy(), "y_t": lorentz.rapidity(t).numpy(),
+                "pt_mu": lorentz.pt(m[:, 1]).numpy()}
+
+    ow, ou = obs(w.momenta), obs(u.momenta)
+    edges = {"m_t": np.linspace(165, 180, 11), "m_tbar": np.linspace(165, 180, 11),
+             "pt_t": np.linspace(0, 400, 11), "y_t": np.linspace(-2.5, 2.5, 11),
+             "pt_mu": np.linspace(0, 200, 11)}
+    for name, e in edges.items():
+        p = _chi2_two_sample(ow[name], w.weight.numpy(), ou[name], e)
+        assert p > 1e-3, (name, p)

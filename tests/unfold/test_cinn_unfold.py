@@ -242,7 +242,6 @@ def test_calibration_and_closure_on_held_out_events() -> None:
     mom, pdg = truth.momenta(), torch.tensor(lay.parton_pdg)
     cal = calibration(samples, truth_values(mom[truth.pass_index], pdg, obs))
     for name, frac in cal.items():
-        print(name, frac)
         assert 0.63 <= frac <= 0.73, (name, frac)
     h = unfolded_histograms(samples, obs, "reco", n_replicas=50)
     t = truth_histograms(mom, pdg, truth.weight, ak.to_numpy(par.pass_reco), obs, "reco")

@@ -33,7 +33,7 @@ def generate(
     """Generate parton and detector events from a run card.
 
     Example: ``unfoldmem generate cards/runs/drell_yan.yaml -n 10000 -o dy.root --seed 3``
-    prints ``wrote 10000 events (8123 pass reco), σ = 1.87e+03 ± 3.1 pb → dy.root``.
+    prints ``wrote 10000 events (3757 pass reco), σ = 1542 ± 2.4 pb → dy.root``.
     """
     run = load_card(run_card, "run")
     check_writable(output, overwrite)
@@ -76,11 +76,12 @@ def generate(
                 output, integrand, detector, run.selection, n, seed_, config,
                 theta=run.theta, overwrite=overwrite, progress=progress, metadata=meta,
             )
-    if not state.quiet:
-        typer.echo(
-            f"wrote {summary.n_events} events ({summary.n_pass} pass reco), "
-            f"σ = {summary.sigma_pb:.4g} ± {summary.sigma_error_pb:.2g} pb → {output}"
-        )
+    typer.echo(
+        f"wrote {summary.n_events} events ({summary.n_pass} pass reco), "
+        f"σ = {summary.sigma_pb:.4g} ± {summary.sigma_error_pb:.2g} pb → {output}"
+    )
+    if chain_ == "pythia" and not state.quiet:
+        typer.echo(summary.extra["jet_multiplicity"])
 
 
 def register(app: typer.Typer) -> None:

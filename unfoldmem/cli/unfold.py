@@ -21,6 +21,8 @@ def unfold(
     iterations: int = typer.Option(0, "--iterations", "-k", min=0,
                                    help="Iterative prior removal: reweight + retrain K times (needs --sim)."),
     sim: Path = typer.Option(None, "--sim", help="The training simulation (ROOT with Events and Partons)."),
+    retrain_epochs: int = typer.Option(None, "--retrain-epochs", min=1,
+                                       help="Epochs of each iterative retraining (default: the card's)."),
     phase_space: str = typer.Option("reco", "--phase-space",
                                     help="reco (passing events, no correction) | fiducial | full (need --sim)."),
     branchmap: Path = typer.Option(None, "--branchmap", "-b", help="Branch-map card of the data file."),
@@ -103,12 +105,12 @@ def unfold(
         if iterations > 0:
             assert simulation is not None
             res = iterate(net, loaded.card, events, simulation, layout, obs,
-                          IterativeConfig(iterations=iterations, seed=seed), quiet=quiet,
-                          device=device)
+                          IterativeConfig(iterations=iterations, epochs=retrain_epochs, seed=seed),
+                          quiet=quiet, device=device)
             net, sim_weight, iter_summary = res.model, res.weights, res.summary()
+            # the final network, trained on the reweighted simulation, for reuse
             save_model(tmp / "model", net, loaded.card, loaded.meta.get("data_hash", ""),
-                       n_events=len(simulation.events))
-            layout.save(tmp / "model")
+                       n_events=len(simulation.events), extra_meta={"layout": layout.to_dict()})
         samples = run_unfold(net, events, layout, obs, n_samples, output=tmp / "unfolded.root",
                              cuts=cuts, members=members, max_jets=enc.max_jets,
                              max_leptons=enc.max_leptons, chunk_size=chunk_size, seed=seed,

@@ -47,6 +47,7 @@ REASONS = {
 _LOG_2PI = math.log(2 * math.pi)
 _SIGMA_FLOOR = 1e-9  # resolutions of 0 are clamped so densities stay finite (a near-delta)
 _ETA_CLAMP = 50.0  # cosh/sinh of smeared eta are evaluated inside this; acceptance is far below
+_BLOCK = 16_384  # events per block in simulate()
 _E_MAX = 1e100  # GeV; partons above are degenerate (reason 2): their squares would overflow
 
 
@@ -270,7 +271,7 @@ class ParametricDetector:
         a = pdg.abs()
         kind = self._kind_lut[torch.where(a < 26, a, 0)]
         energy, pabs, pt = p[..., 0], lorentz.p3_abs(p), lorentz.pt(p)
-        good = (energy > 0) & (pt > 0) & (pabs <= energy * (1 + 1e-12)) & (energy < _E_MAX)
+        good = (energy > 0) & (pt > 0) & (pabs <= energy * (1 + 1e-9)) & (energy < _E_MAX)
         eta, phi = lorentz.eta(p), lorentz.phi(p)
         fine = torch.bucketize(eta.abs(), self._edges)
         row = kind * self._n_fine + fine
@@ -293,7 +294,8 @@ class ParametricDetector:
         """Reconstruct events from their final-state partons.
 
         Random numbers are drawn in float32 (ample for smearing, five times faster) in a fixed
-        order, so the same generator state gives the same events.
+        order, block by block of 16384 events, so the same generator state gives the same
+        events.
 
         Arguments:
             momenta: (n, P, 4) float64 (E, px, py, pz), GeV.
@@ -304,6 +306,32 @@ class ParametricDetector:
             :class:`DetectorOutput`, jets/leptons sorted by pt, ``parton_index`` into P.
         """
         p = momenta.to(torch.float64)
+        if pdg.shape[0] <= _BLOCK:
+            return self._simulate(p, pdg, generator)
+        # Blocks keep the temporaries in cache: 3-10x faster than one pass over 10^6 events.
+        outs = [self._simulate(p[i:i + _BLOCK], pdg[i:i + _BLOCK], generator)
+                for i in range(0, pdg.shape[0], _BLOCK)]
+        return DetectorOutput(
+            *(ObjectBlock(*(torch.cat([getattr(getattr(o, c), f) for o in outs])
+                            for f in ObjectBlock.__dataclass_fields__))
+              for c in ("jets", "muons", "electrons")),
+            *(torch.cat([getattr(o, f) for o in outs])
+              for f in ("met_pt", "met_phi", "met_mean", "met_sigma", "n_isr", "passed")),
+        )
+
+    def simulate_records(self, partons: ak.Array, generator: torch.Generator) -> ak.Array:
+        """Detector records (``jets``, ``muons``, ``electrons``, ``met``, ``passed``) of parton
+        records in the CONTRACTS.md layout; ``event_id`` and ``weight`` are copied when present.
+        """
+        mom, pdg = partons_to_tensors(partons)
+        out = self.simulate(mom, pdg, generator)
+        rec = ak.with_field(out.to_awkward(), out.passed.numpy(), "passed")
+        for key in ("event_id", "weight"):
+            if key in partons.fields:
+                rec = ak.with_field(rec, partons[key], key)
+        return rec
+
+    def _simulate(self, p: Tensor, pdg: Tensor, generator: torch.Generator) -> DetectorOutput:
         n, n_p = pdg.shape
         q = self._params(p, pdg)
         kind, jet = q["kind"], q["jet"]
@@ -482,6 +510,45 @@ class ParametricDetector:
         reco_kind = (q["kind"] >= KIND_JET) & (q["kind"] <= KIND_ELECTRON) & q["good"]
         p_det = torch.where(reco_kind, q["eff"] * pacc, 0.0)
         return torch.log1p(-p_det.clamp(max=1.0))
+
+    def log_density_event(self, out: DetectorOutput, momenta: Tensor, pdg: Tensor) -> Tensor:
+        r"""Exact log density of whole simulated events given their partons and the matching.
+
+        Sum of :meth:`log_density` (with b-tag) over reconstructed objects and their partons
+        (``parton_index``), :meth:`log_prob_lost` over partons with no object,
+        :meth:`log_prob_n_isr` and :meth:`log_density_isr` (+ light mistag probability) for
+        ISR jets, and :meth:`log_density_met` with the stored MET mean and noise. Objects are
+        labelled (the matching is given), so no combinatorial factor is included.
+
+        Arguments:
+            out: :class:`DetectorOutput` for n events; momenta (n, P, 4) GeV and pdg (n, P)
+                the partons it was made from.
+
+        Returns:
+            (n,) float64.
+        """
+        momenta = momenta.to(torch.float64)
+        n_p = pdg.shape[1]
+        total = self.log_density_met(out.met_pt, out.met_phi, out.met_mean, out.met_sigma)
+        detected = torch.zeros(pdg.shape, dtype=torch.int64)
+        for block, tag in ((out.jets, True), (out.muons, False), (out.electrons, False)):
+            matched = block.mask & (block.parton_index >= 0)
+            idx = block.parton_index.clamp(0, n_p - 1)
+            par = torch.gather(momenta, 1, idx.unsqueeze(-1).expand(*idx.shape, 4))
+            ids = torch.gather(pdg, 1, idx)
+            reco = torch.stack([block.pt, block.eta, block.phi], -1)
+            lp = self.log_density(reco, par, ids, block.tag if tag else None)
+            total = total + torch.where(matched, lp, 0.0).sum(-1)
+            detected = detected + torch.zeros(pdg.shape, dtype=torch.int64).scatter_add(
+                1, idx, matched.long())
+        lost = self.log_prob_lost(momenta, pdg)
+        total = total + torch.where(detected > 0, 0.0, lost).sum(-1)
+        isr = out.jets.mask & (out.jets.parton_index < 0)
+        reco = torch.stack([out.jets.pt, out.jets.eta, out.jets.phi], -1)
+        mistag = self._btag[torch.bucketize(out.jets.eta.abs(), self._edges)]
+        ltag = torch.log(torch.where(out.jets.tag > 0.5, mistag, 1 - mistag))
+        lp_isr = torch.where(isr, self.log_density_isr(reco) + ltag, 0.0).sum(-1)
+        return total + lp_isr + self.log_prob_n_isr(isr.sum(-1))
 
     def log_density_isr(self, reco: Tensor) -> Tensor:
         r"""log density of one ISR jet in :math:`(p_T, \eta, \phi)`: Pareto × uniform × uniform.

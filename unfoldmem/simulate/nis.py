@@ -19,6 +19,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ __all__ = [
     "sample_weights",
     "summarize",
     "make_sampler",
+    "on_vegas_map",
     "integrate",
 ]
 
@@ -71,6 +73,11 @@ class NISConfig:
             (χ² divergence): it weighs the largest weights quadratically, which lowers max w
             and so raises the unweighting efficiency.
         lr: Adam learning rate. seed: torch / VEGAS seed.
+        on_vegas: :func:`make_sampler` trains the flow on the VEGAS-mapped integrand
+            (:func:`on_vegas_map`), starting exactly from VEGAS (the flow's last layers are
+            zero, i.e. the identity) so training only has to learn what VEGAS's product grid
+            misses: correlations. Else it learns f on the plain cube, warm-started by a
+            weighted fit to VEGAS points.
     """
 
     transforms: int = 4
@@ -85,6 +92,7 @@ class NISConfig:
     variance_steps: int = 0
     lr: float = 2e-3
     seed: int = 0
+    on_vegas: bool = True
 
 
 class HypercubeFlow(nn.Module):
@@ -104,6 +112,12 @@ class HypercubeFlow(nn.Module):
             dim, 0, bins=config.bins, transforms=config.transforms,
             hidden_features=config.hidden, passes=2 if dim > 1 else None,
         ).double()
+        if config.on_vegas:
+            # zero output layers: identity splines, so the untrained flow is uniform in y
+            for t in self.flow.transform.transforms:
+                last = [m for m in t.modules() if isinstance(m, nn.Linear)][-1]
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
 
     @staticmethod
     def _log_phi(x: Tensor) -> Tensor:
@@ -208,13 +222,14 @@ def train_nis(f: Integrand, dim: int, config: NISConfig | None = None,
     """
     config = config or NISConfig()
     torch.manual_seed(config.seed)
-    integ = integ or adapt_vegas(f, dim, config)
     model = HypercubeFlow(dim, config)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    u, w = vegas_weights(integ, f, config.warmup_points, config.seed)
-    w = torch.where(torch.isfinite(w), w, 0.0).clamp_min(0.0)
-    w = w / w.sum()
     history: dict[str, Any] = {"warmup_loss": [], "loss": [], "ess_ratio": [], "skipped": 0}
+    if config.warmup_epochs > 0:
+        integ = integ or adapt_vegas(f, dim, config)
+        u, w = vegas_weights(integ, f, config.warmup_points, config.seed)
+        w = torch.where(torch.isfinite(w), w, 0.0).clamp_min(0.0)
+        w = w / w.sum()
     gen = torch.Generator().manual_seed(config.seed)
     batch = 2000
     for _ in range(config.warmup_epochs):
@@ -311,23 +326,48 @@ class VegasSampler(PointSampler):
 
 
 class FlowSampler(PointSampler):
-    """Importance sampling from a trained :class:`HypercubeFlow`: u ~ q, J = 1/q(u).
+    """Importance sampling from a trained :class:`HypercubeFlow`: y ~ q, J = 1/q(y); with a
+    VEGAS map, u = x(y) and J = |∂x/∂y| / q(y) (the flow corrects VEGAS's sampler).
 
     Arguments:
         model: the trained flow; history: its training history (kept for reports).
+        vegas_map: the adapted VEGAS map the flow was trained on top of (``None``: none).
     """
 
     name = "flow"
 
-    def __init__(self, model: HypercubeFlow, history: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: HypercubeFlow, history: dict[str, Any] | None = None,
+                 vegas_map: vegas.AdaptiveMap | None = None) -> None:
         self.model = model
         self.dim = model.dim
         self.history = history or {}
+        self.vegas_map = vegas_map
 
     def sample(self, n: int) -> tuple[Tensor, Tensor]:
-        """u (n, dim) float64 and J(u) = 1/q(u) (n,) float64."""
-        u, log_q = self.model.sample(n)
-        return u, torch.exp(-log_q)
+        """u (n, dim) float64 and J(u) (n,) float64."""
+        y, log_q = self.model.sample(n)
+        if self.vegas_map is None:
+            return y, torch.exp(-log_q)
+        u, jac = _map_points(self.vegas_map, y)
+        return u, jac * torch.exp(-log_q)
+
+
+def _map_points(vmap: vegas.AdaptiveMap, y: Tensor) -> tuple[Tensor, Tensor]:
+    yn = np.ascontiguousarray(y.detach().numpy())
+    x = np.empty_like(yn)
+    jac = np.empty(len(yn))
+    vmap.map(yn, x, jac)
+    return torch.from_numpy(x), torch.from_numpy(jac)
+
+
+def on_vegas_map(f: Integrand, vmap: vegas.AdaptiveMap) -> Integrand:
+    """The integrand seen through a VEGAS map: g(y) = f(x(y)) |∂x/∂y|, with ∫ g dy = ∫ f du."""
+
+    def g(y: Tensor) -> Tensor:
+        u, jac = _map_points(vmap, y)
+        return f(u) * jac
+
+    return g
 
 
 def make_sampler(f: Integrand, dim: int, sampler: str = "flow",
@@ -355,6 +395,10 @@ def make_sampler(f: Integrand, dim: int, sampler: str = "flow",
     out: PointSampler
     if sampler == "vegas":
         out = VegasSampler(integ, config.seed + 1)
+    elif config.on_vegas:
+        cfg = dataclasses.replace(config, warmup_epochs=0)
+        model, history = train_nis(on_vegas_map(f, integ.map), dim, cfg)
+        out = FlowSampler(model, history, integ.map)
     else:
         model, history = train_nis(f, dim, config, integ)
         out = FlowSampler(model, history)

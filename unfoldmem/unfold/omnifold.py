@@ -143,9 +143,14 @@ def _step(
         "n_train": [len(x0), len(x1)],
         "clipping": clip,
         "best_epoch": hist.get("best_epoch"),
-        "val_loss": (hist.get("val_loss") or [None])[hist.get("best_epoch", -1) or -1],
+        "val_loss": _best_val(hist),
     }
     return ratio.to(torch.float64)
+
+
+def _best_val(hist: dict[str, Any]) -> float | None:
+    losses, best = hist.get("val_loss") or [], hist.get("best_epoch")
+    return losses[best] if best is not None and 0 <= best < len(losses) else None
 
 
 def _check(
