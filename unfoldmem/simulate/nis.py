@@ -47,6 +47,7 @@ __all__ = [
     "summarize",
     "make_sampler",
     "on_vegas_map",
+    "train_on_vegas",
     "integrate",
 ]
 
@@ -370,6 +371,22 @@ def on_vegas_map(f: Integrand, vmap: vegas.AdaptiveMap) -> Integrand:
     return g
 
 
+def train_on_vegas(f: Integrand, integ: vegas.Integrator,
+                   config: NISConfig | None = None) -> FlowSampler:
+    """Train a flow on top of an already adapted VEGAS integrator (for the event generator).
+
+    Arguments:
+        f: the integrand, u (N, dim) → (N,) ≥ 0; integ: VEGAS adapted to it.
+        config: flow architecture and the KL / variance schedule (warm-up is not used).
+
+    Returns:
+        a :class:`FlowSampler` whose ``sample(n)`` gives (u, J) with E[f(u) J] = ∫ f.
+    """
+    cfg = dataclasses.replace(config or NISConfig(), warmup_epochs=0, on_vegas=True)
+    model, history = train_nis(on_vegas_map(f, integ.map), integ.map.dim, cfg)
+    return FlowSampler(model, history, integ.map)
+
+
 def make_sampler(f: Integrand, dim: int, sampler: str = "flow",
                  config: NISConfig | None = None) -> PointSampler:
     """Adapt VEGAS to ``f`` and, for ``sampler="flow"``, train a flow from it.
@@ -396,9 +413,7 @@ def make_sampler(f: Integrand, dim: int, sampler: str = "flow",
     if sampler == "vegas":
         out = VegasSampler(integ, config.seed + 1)
     elif config.on_vegas:
-        cfg = dataclasses.replace(config, warmup_epochs=0)
-        model, history = train_nis(on_vegas_map(f, integ.map), dim, cfg)
-        out = FlowSampler(model, history, integ.map)
+        out = train_on_vegas(f, integ, config)
     else:
         model, history = train_nis(f, dim, config, integ)
         out = FlowSampler(model, history)
