@@ -19,10 +19,10 @@ demo: $(STAMP)
 	$(PY) -m unfoldmem demo -o demo-output --overwrite
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_FLAGS) -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_FLAGS) -m "not slow"
 
 validate: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m slow
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m slow
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
