@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -126,8 +125,9 @@ class DeepEnsemble(nn.Module):
         yield from list(self.ensemble)[: k or len(self.ensemble)]
 
     def forward(self, *args: Any, **kwargs: Any) -> Distribution:
-        """The distribution of one member chosen at random."""
-        return self.ensemble[random.randrange(len(self.ensemble))](*args, **kwargs)
+        """The distribution of one member chosen at random (torch's RNG, so seeds hold)."""
+        i = int(torch.randint(len(self.ensemble), ()))
+        return self.ensemble[i](*args, **kwargs)
 
 
 @torch.no_grad()
