@@ -123,7 +123,9 @@ def test_cli_writes_everything_and_moves_toward_truth(
         "--features",
         "mlp",
         "--epochs",
-        "8",
+        "10",
+        "--batch-size",
+        "128",
     ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output

@@ -30,6 +30,7 @@ def omnifold(
     ),
     features: str = typer.Option("deepset", "--features", help="deepset | mlp (detector level)."),
     epochs: int = typer.Option(40, "--epochs", min=1, help="Maximum classifier epochs."),
+    batch_size: int = typer.Option(1024, "--batch-size", min=1, help="Classifier batch size."),
     seed: int = typer.Option(0, "--seed", help="Seed of classifiers and bootstrap."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
     overwrite: bool = typer.Option(
@@ -67,7 +68,9 @@ def omnifold(
     if bad:
         msg = f"unknown observable(s) {bad} for process '{process}'; known: {', '.join(known)}"
         raise typer.BadParameter(msg, param_hint="--observables")
-    clf = ClassifierConfig(kind=features, epochs=epochs, seed=seed, device=device)
+    clf = ClassifierConfig(
+        kind=features, epochs=epochs, batch_size=batch_size, seed=seed, device=device
+    )
     cfg = OmniFoldConfig(iterations=iterations, classifier=clf)
     if not state.quiet:
         console.print(
