@@ -143,6 +143,11 @@ def test_ttbar_roles_masses_and_cos_theta_star(lepton_pdg: int) -> None:
     # the boost had transverse components: cos θ* is defined after a pure boost to the tt̄ frame,
     # i.e. undoing exactly the boost applied, so the production angle comes back
     assert v["cos_theta_star"].item() == pytest.approx(-0.42, abs=1e-9)
+    # stable tops (process ttbar) give the same tt̄ observables
+    tops = torch.tensor(np.stack([p[:3].sum(0), p[3:].sum(0)])[None])  # t = b W+, t̄ = b̄ W-
+    vt = evaluate("ttbar", tops, torch.tensor([6, -6]))
+    for name in ("m_tt", "pt_tt", "y_tt", "cos_theta_star"):
+        assert vt[name].item() == pytest.approx(v[name].item(), rel=1e-9, abs=1e-12)
     lep = p[next(ids.index(i) for i in ids if abs(i) in (11, 13))]
     assert v["pt_lepton"].item() == pytest.approx(math.hypot(lep[1], lep[2]), rel=1e-12)
 
@@ -185,6 +190,7 @@ def test_registry_and_errors() -> None:
     assert guess_process([2, -2, 13, -13]) == "drell_yan"
     assert guess_process([5, -13, 14, -5, 1, -2]) == "ttbar_semileptonic"
     assert guess_process([11, -12]) == "w_lnu"
+    assert guess_process([6, -6]) == "ttbar"
     with pytest.raises(ValueError, match="no observable set"):
         guess_process([21, 21])
     with pytest.raises(KeyError, match="known"):

@@ -75,3 +75,44 @@ def test_weight_threshold_violation_is_an_error_not_a_repair() -> None:
     obs = observables_for("drell_yan")[:1]
     with pytest.raises(WeightError, match=r"iterative\.iter1: ESS/N"):
         iterate(model, MODEL_CARD, det, sim, lay, obs, cfg)
+
+
+@pytest.mark.slow
+def test_closure_with_a_different_truth_one_pass_vs_iterative() -> None:
+    """Simulation η₀ = 0, pt scale 40 GeV; data η₀ = 0.5 and pt 10% harder. After 3 iterations
+    every DY observable closes on the data truth with χ²/ndf < 1.5 (bootstrap ⊕ truth errors),
+    the summed χ² is below the one-pass value, and the per-event 68% intervals of the final
+    model cover the truth of held-out simulation events in [0.63, 0.73] of cases."""
+    from unfoldmem.unfold.cinn_unfold import ModelLayout, unfold
+    from unfoldmem.unfold.iterative import train_cinn
+    from unfoldmem.unfold.report import calibration, closure, truth_histograms, truth_values
+    from unfoldmem.unfold.report import unfolded_histograms as hists_of
+
+    card = MODEL_CARD.model_copy(update={"training": MODEL_CARD.training.model_copy(
+        update={"epochs": 40})})
+    det, par = make_toy(8000, seed=51)
+    sim = Simulation(det, par)
+    model, _ = train_cinn(card, sim)
+    lay = ModelLayout.from_training(par[sim.pass_index], det)
+    ddet, dpar = make_toy(4000, seed=52, eta_mean=0.5, pt_scale=44.0)
+    data = Simulation(ddet, dpar)
+    obs = observables_for("drell_yan")
+    kw = {"max_jets": 1, "max_leptons": 2, "quiet": True}
+    pdg = torch.tensor(lay.parton_pdg)
+    truth = truth_histograms(data.momenta(), pdg, data.weight, dpar.pass_reco.to_numpy(), obs)
+    one = closure(hists_of(unfold(model, ddet, lay, obs, 50, **kw), obs), truth)
+    res = iterate(model, card, ddet, sim, lay, obs,
+                  IterativeConfig(iterations=3, samples=8, epochs=8, classifier=FAST))
+    final = closure(hists_of(unfold(res.model, ddet, lay, obs, 50, **kw), obs), truth)
+    print("one pass :", {k: round(v["chi2_ndf"], 2) for k, v in one.items()})
+    print("iterative:", {k: round(v["chi2_ndf"], 2) for k, v in final.items()})
+    for name, c in final.items():
+        assert c["chi2_ndf"] < 1.5, (name, c)
+    assert sum(c["chi2"] for c in final.values()) < sum(c["chi2"] for c in one.values())
+    hdet, hpar = make_toy(2000, seed=53)
+    held = Simulation(hdet, hpar)
+    s = unfold(model, hdet, lay, obs, 100, **kw)
+    cal = calibration(s, truth_values(held.momenta()[held.pass_index], pdg, obs))
+    print("calibration:", {k: round(v, 3) for k, v in cal.items()})
+    for name, frac in cal.items():
+        assert 0.63 <= frac <= 0.73, (name, frac)

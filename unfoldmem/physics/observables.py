@@ -203,6 +203,10 @@ def _tt(key: str, fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor], 
     return f
 
 
+def _tops(p: Tensor, pdg: Tensor) -> Tensor:
+    return find_particle(p, pdg, [6]) + find_particle(p, pdg, [-6])
+
+
 def _tt_cos(p: Tensor, pdg: Tensor) -> Tensor:
     s = ttbar_system(p, pdg)
     return cos_theta_star(s["top"], s["antitop"])
@@ -283,6 +287,21 @@ OBSERVABLES: dict[str, tuple[Observable, ...]] = {
             r"$y_{\ell\nu}$",
         ),
     ),
+    "ttbar": (
+        _obs("pt_t", _single([6], lorentz.pt), (25, 0.0, 500.0), r"$p_T(t)$ [GeV]"),
+        _obs("y_t", _single([6], lorentz.rapidity), (20, -3.0, 3.0), r"$y(t)$"),
+        _obs("pt_tbar", _single([-6], lorentz.pt), (25, 0.0, 500.0), r"$p_T(\bar t)$ [GeV]"),
+        _obs("y_tbar", _single([-6], lorentz.rapidity), (20, -3.0, 3.0), r"$y(\bar t)$"),
+        _obs("m_tt", lambda p, d: lorentz.mass(_tops(p, d)), (30, 300.0, 1200.0),
+             r"$m_{t\bar t}$ [GeV]"),
+        _obs("pt_tt", lambda p, d: lorentz.pt(_tops(p, d)), (25, 0.0, 250.0),
+             r"$p_T(t\bar t)$ [GeV]"),
+        _obs("y_tt", lambda p, d: lorentz.rapidity(_tops(p, d)), (20, -3.0, 3.0),
+             r"$y_{t\bar t}$"),
+        _obs("cos_theta_star", lambda p, d: cos_theta_star(find_particle(p, d, [6]),
+                                                           find_particle(p, d, [-6])),
+             (20, -1.0, 1.0), r"$\cos\theta^*$"),
+    ),
     "ttbar_semileptonic": (
         *(
             _obs(f"{q}_{role}", _tt(role, fn), b, lab)
@@ -314,7 +333,8 @@ OBSERVABLES: dict[str, tuple[Observable, ...]] = {
 def guess_process(pdg: Sequence[int] | Tensor) -> str:
     """Registry key for a list of final-state PDG ids (one event's slots).
 
-    b, b̄, one charged lepton → ``ttbar_semileptonic``; ℓ⁺ℓ⁻ → ``drell_yan``; ℓν → ``w_lnu``.
+    b, b̄, one charged lepton → ``ttbar_semileptonic``; t t̄ → ``ttbar``; ℓ⁺ℓ⁻ → ``drell_yan``;
+    ℓν → ``w_lnu``.
 
     Raises:
         ValueError: no registered process matches; the message lists the ids.
@@ -325,6 +345,8 @@ def guess_process(pdg: Sequence[int] | Tensor) -> str:
     n_nu = sum(abs(i) in _NEUTRINOS for i in ids)
     if 5 in ids and -5 in ids and n_lm + n_lp == 1:
         return "ttbar_semileptonic"
+    if sorted(ids) == [-6, 6]:
+        return "ttbar"
     if n_lm == 1 and n_lp == 1 and n_nu == 0:
         return "drell_yan"
     if n_lm + n_lp == 1 and n_nu == 1:

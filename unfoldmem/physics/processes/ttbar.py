@@ -60,6 +60,55 @@ def gg_partial_amplitudes(
     return amp_t - 1j * amp_s, amp_u + 1j * amp_s
 
 
+def _gg_amplitudes_hel(
+    bar_t: Tensor, v_t: Tensor, p_t: Tensor, k1: Tensor, k2: Tensor, eps: Tensor, gs: Tensor,
+    m_t: Tensor, top_current: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    r""":func:`gg_partial_amplitudes` for all gluon helicities at once, (2, 2, N) each.
+
+    ``eps`` (2 gluons, 2 helicities, N, 4); the t- and u-channel lines are one stacked
+    FVOXXX call, and ``top_current`` (:math:`\bar u_t\gamma^\mu v_t g_s`, (N, 4)) may be
+    shared with the q q̄ channels.
+    """
+    p_lines = torch.stack([p_t - k1, p_t - k2]).unsqueeze(1)
+    lines = h.fermion_out_offshell(bar_t, eps, gs, gs, p_lines, m_t, 0.0)
+    j = h.ffv_current(lines, v_t, gs, gs)
+    e1, e2 = eps[0].unsqueeze(1), eps[1].unsqueeze(0)
+    amp_t = 1j * h.mdot(j[0].unsqueeze(1), e2)
+    amp_u = 1j * h.mdot(j[1].unsqueeze(0), e1)
+    g3 = h.vvv_offshell(e1, k1, e2, k2, gs)
+    if top_current is None:
+        top_current = h.ffv_current(bar_t, v_t, gs, gs)
+    amp_s = 1j * h.mdot(top_current, g3)
+    return amp_t - 1j * amp_s, amp_u + 1j * amp_s
+
+
+def _massless_u(k: Tensor) -> Tensor:
+    """u(k, ±) of massless momenta k (..., 4) -> (2 helicities (+, −), ..., 4)."""
+    return torch.stack([h.spinor_u(k, 0.0, 1), h.spinor_u(k, 0.0, -1)])
+
+
+def _gluon_pols_from_u(u_minus: Tensor) -> Tensor:
+    r""":func:`~unfoldmem.physics.helas.polarizations_ref` of both gluons (k₁ with reference
+    k₂ and vice versa) from u₋(k) (2 gluons, N, 4) -> (2 gluons, 2 helicities, N, 4)."""
+    j = h.ffv_current(h.bar(u_minus.flip(0)), u_minus, 1.0, 0.0)
+    j = j * torch.rsqrt(-h.mdot(j, j.conj()).real).unsqueeze(-1)
+    return torch.stack([j, j.conj()], 1)
+
+
+def _qq_me2_both(
+    top_current: Tensor, u_in: Tensor, k1: Tensor, k2: Tensor, gs: Tensor
+) -> Tensor:
+    r"""Colour-stripped :math:`\sum_{h_q}|A|^2` of q q̄ → tt̄ for both orientations, (2, N):
+    row 0 q(k₁) q̄(k₂), row 1 q̄(k₁) q(k₂). ``u_in`` = u(k, ±) (2 hel, 2 beams, N, 4); for
+    massless spinors :math:`v(p, \mp) = -u(p, \pm)`; ``top_current`` is
+    :math:`g_s\bar u_t\gamma^\mu v_t` (N, 4)."""
+    jq = h.ffv_current(-h.bar(u_in.flip(1)), u_in, gs, gs)
+    kk = k1 + k2
+    a = h.mdot(top_current, jq) / h.mdot(kk, kk)
+    return (a.real**2 + a.imag**2).sum(0)
+
+
 def gg_colour_sum(a1: Tensor, a2: Tensor) -> Tensor:
     """Colour-summed |M|² from the colour-ordered amplitudes (no averaging), real (...)."""
     cross = (a1 * a2.conj()).real
