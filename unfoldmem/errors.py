@@ -21,6 +21,7 @@ __all__ = [
     "OutputPathError",
     "ModelError",
     "NotYetAvailableError",
+    "WeightError",
     "closest",
 ]
 
@@ -120,3 +121,8 @@ class NotYetAvailableError(UnfoldmemError):
 
     def __init__(self, verb: str) -> None:
         super().__init__(f"'unfoldmem {verb}' is not yet available in this version")
+
+
+class WeightError(UnfoldmemError):
+    """Raised when event or importance weights cross a diagnostic threshold set in a card
+    (non-finite weights, effective sample size, largest share) and ``on_violation`` is ``error``."""

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 
 from unfoldmem.cards.base import StrictModel
-from unfoldmem.errors import UnfoldmemError
+from unfoldmem.errors import WeightError
 
 __all__ = [
     "WeightDiagnosticsConfig",
@@ -33,10 +33,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class WeightError(UnfoldmemError):
-    """Raised when weights cross a diagnostic threshold and ``on_violation`` is ``error``."""
 
 
 class WeightWarning(UserWarning):
