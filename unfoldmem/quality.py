@@ -225,7 +225,12 @@ def quality_report(
     err = np.hypot(model["auc_err"], reference["auc_err"])
     if model["auc"] - 0.5 > config.flag_sigma * err:
         flags.append(f"c2st auc = {model['auc']:.4f} ± {model['auc_err']:.4f} (perfect 0.5)")
-    model["pair_chi2_ndf"] = {f"{names[int(p.split(',')[0])]},{names[int(p.split(',')[1])]}": v for p, v in model["pair_chi2_ndf"].items()}
+    def _named(p: str) -> str:
+        i, j = (int(k) for k in p.split(","))
+        return f"{names[i]},{names[j]}"
+
+    model["pair_chi2_ndf"] = {_named(p): v for p, v in model["pair_chi2_ndf"].items()}
+    reference["pair_chi2_ndf"] = {_named(p): v for p, v in reference["pair_chi2_ndf"].items()}
     return {"features": names, "n_generated": len(gen), "n_truth": len(b), "model": model,
             "reference": reference, "flags": flags, "ok": not flags}
 

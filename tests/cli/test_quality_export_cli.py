@@ -87,12 +87,14 @@ def test_quality_writes_report_and_flags_an_untrained_model(cli, setup, kind):
     """Reference: the simulation's truth; an untrained flow (standard-normal features around
     the training means, no reco dependence) must be flagged by the C2ST or a marginal."""
     out = setup["dir"] / f"q_{kind}"
-    res = cli("-q", "quality", setup[kind], "--data", setup["sim"], "-o", out,
+    res = cli("quality", setup[kind], "--data", setup["sim"], "-o", out,
               "--max-events", "300")
     assert res.code == 0, res.err
     assert "flagged" in res.out
     rep = json.loads((out / "quality.json").read_text())
     assert rep["model_kind"] == kind and not rep["ok"] and rep["flags"]
+    assert rep["model_dir"] == str(setup[kind]) and "C2ST AUC" in res.err
+    assert set(rep["reference"]["pair_chi2_ndf"]) == set(rep["model"]["pair_chi2_ndf"])
     assert (out / "marginals.png").stat().st_size > 0
     if kind == "cinn":
         assert "m_system" in rep["features"] and "p0_pt" in rep["features"]

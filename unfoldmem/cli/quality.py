@@ -52,7 +52,7 @@ def quality(
     except ValueError as exc:
         raise ModelError(str(model), f"cannot be evaluated on {data}: {exc}") from exc
     report = quality_report(gen, truth, names, QualityConfig(seed=seed), w_gen, w_truth)
-    report.update(model=str(model), model_kind=loaded.card.model, data=str(data),
+    report.update(model_dir=str(model), model_kind=loaded.card.model, data=str(data),
                   n_samples_per_event=n_samples)
     with atomic_path(output, overwrite, directory=True) as tmp:
         (tmp / "quality.json").write_text(json.dumps(report, indent=1, default=float))

@@ -98,7 +98,6 @@ def unfold(
     enc = loaded.card.encoding
     quiet = state.quiet
     net: Any = loaded.model
-    sim_weight = None
     iter_summary: list[dict[str, Any]] = []
     cuts = FiducialCuts()
     with atomic_path(output, overwrite, directory=True) as tmp:
@@ -107,7 +106,7 @@ def unfold(
             res = iterate(net, loaded.card, events, simulation, layout, obs,
                           IterativeConfig(iterations=iterations, epochs=retrain_epochs, seed=seed),
                           quiet=quiet, device=device)
-            net, sim_weight, iter_summary = res.model, res.weights, res.summary()
+            net, iter_summary = res.model, res.summary()
             # the final network, trained on the reweighted simulation, for reuse
             save_model(tmp / "model", net, loaded.card, loaded.meta.get("data_hash", ""),
                        n_events=len(simulation.events), extra_meta={"layout": layout.to_dict()})
@@ -118,7 +117,8 @@ def unfold(
         effs = None
         if phase_space != "reco":
             assert simulation is not None
-            w = simulation.weight if sim_weight is None else sim_weight
+            # original weights: the iterative reweighting is defined for passing events only
+            w = simulation.weight
             effs = efficiencies(simulation.momenta(), torch.tensor(layout.parton_pdg), w,
                                 ak.to_numpy(simulation.partons.pass_reco), obs, phase_space, cuts)
         hists = unfolded_histograms(samples, obs, phase_space, effs, replicas, seed)

@@ -33,6 +33,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Distribution
 from zuko.distributions import DiagNormal
@@ -40,6 +41,7 @@ from zuko.flows import Flow, GeneralCouplingTransform, UnconditionalDistribution
 from zuko.flows.gaussianization import ElementWiseTransform
 from zuko.nn import MLP
 from zuko.transforms import MonotonicRQSTransform
+from zuko.utils import unpack
 
 from unfoldmem.cards.model import ConditionConfig, EncodingConfig, FlowConfig
 from unfoldmem.flows.encoding import ObjectEncoding, RecoEncoding
@@ -93,6 +95,48 @@ class CouplingNSF(Flow):
             DiagNormal, torch.zeros(features), torch.ones(features), buffer=True
         )
         super().__init__(layers, base)
+
+    @torch.no_grad()
+    def sample_many(self, n: int, context: Tensor, chunk: int = 16384) -> Tensor:
+        r"""n samples per context row in one batched pass: (B, C) -> (n, B, D).
+
+        The same distribution as ``self(context).sample((n,))``, but everything that depends on
+        the context alone is computed once per event, not once per sample: the element-wise
+        affine map and, in every coupling hyper-network, the context part of the first linear
+        layer, :math:`W [x_a; c] + b = W_a x_a + (W_c c + b)`. The samples are processed in
+        chunks of about ``chunk`` rows so the spline temporaries stay in cache.
+        """
+        z = self.base().sample((n, *context.shape[:-1])).to(context.dtype)
+        return self.inverse_many(z, context, chunk)
+
+    def inverse_many(self, z: Tensor, context: Tensor, chunk: int = 16384) -> Tensor:
+        """Base points z (n, B, D) -> features (n, B, D) given context (B, C) (see sample_many)."""
+        plan = []
+        for layer in reversed(self.transform.transforms):
+            if isinstance(layer, GeneralCouplingTransform):
+                first = layer.hyper[0]
+                idx_a, idx_b = layer.mask.nonzero()[:, 0], (~layer.mask).nonzero()[:, 0]
+                w_a = first.weight[:, : idx_a.numel()]
+                h_c = F.linear(context, first.weight[:, idx_a.numel():], first.bias)
+                plan.append((layer, idx_a, idx_b, w_a, h_c))
+            else:
+                plan.append((layer(context), None, None, None, None))
+        per = max(1, chunk // max(1, context[..., 0].numel()))
+        out = torch.empty_like(z)
+        for lo in range(0, z.shape[0], per):
+            x = z[lo : lo + per]
+            for t, idx_a, idx_b, w_a, h_c in plan:
+                if idx_a is None:
+                    x = t.inv(x)
+                    continue
+                x_a = x[..., idx_a]
+                h = F.linear(x_a, w_a) + h_c
+                for module in list(t.hyper)[1:]:
+                    h = module(h)
+                phi = unpack(h.unflatten(-1, (-1, t.total)), t.shapes)
+                x = x.index_copy(-1, idx_b, t.univariate(*phi).inv(x[..., idx_b]))
+            out[lo : lo + per] = x
+        return out
 
 
 class _AttentionBlock(nn.Module):

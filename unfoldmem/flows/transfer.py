@@ -5,7 +5,8 @@ The learned transfer density is
 .. math:: W(x \mid p) = P(k(x) \mid p)\; q_{k}\big(y_k(x) \mid p\big)\,
     \left|\det \partial y_k/\partial x\right|,
 
-where :math:`k(x)` is the multiplicity class of the reco event (4, 5, 6+ jets for tt̄),
+where :math:`k(x)` is the multiplicity class of the reco event (4, 5, 6+ jets for tt̄; 0, 1,
+2+ for Drell–Yan, whose 0-jet class is a flow over the leptons and MET alone),
 :math:`P(k \mid p)` a categorical network, :math:`y_k` the
 :class:`~unfoldmem.flows.encoding.ObjectEncoding` of the class-k reco objects and
 :math:`q_k` a spline coupling flow conditioned on the encoded partons. Summed over classes and
@@ -102,6 +103,12 @@ class TransferFlow(nn.Module):
         self.config = config or TransferConfig()
         if len(reco_encodings) != len(self.config.multiplicities):
             msg = f"{len(reco_encodings)} reco encodings for {len(self.config.multiplicities)} classes"
+            raise ValueError(msg)
+        empty = [m for m, e in zip(self.config.multiplicities, reco_encodings, strict=True)
+                 if e.n_features == 0]
+        if empty:
+            msg = (f"the {empty[0]}-jet class has no reco object to model: a 0-jet class needs"
+                   " non-jet objects (MET, leptons) in every event")
             raise ValueError(msg)
         self.parton_encoding = parton_encoding
         self.reco_encodings = nn.ModuleList(reco_encodings)

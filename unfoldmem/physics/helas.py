@@ -62,29 +62,36 @@ def mdot(a: Tensor, b: Tensor) -> Tensor:
     )
 
 
-def _chi(p: Tensor, hel: int) -> tuple[Tensor, Tensor]:
-    """Two-component helicity eigenstate χ_hel(p̂) (σ·p̂ χ = hel χ); p at rest → along +z."""
+def _chi(p: Tensor, hel: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Two-component helicity eigenstate χ_hel(p̂) (σ·p̂ χ = hel χ); p at rest → along +z.
+
+    Returned as real and imaginary parts (Re χ₁, Im χ₁, Re χ₂, Im χ₂): the spinors are then
+    assembled with real arithmetic and one complex construction.
+    """
     px, py, pz = p[..., 1], p[..., 2], p[..., 3]
     pt2 = px * px + py * py
     pa = torch.sqrt(pt2 + pz * pz)
     rest = pa == 0
     # |p| + p_z without cancellation when p points backwards.
-    s = torch.where(pz >= 0, pa + pz, pt2 / torch.where(pa - pz > 0, pa - pz, torch.ones_like(pa)))
-    s = torch.where(rest, torch.full_like(s, 2.0), s)  # at rest: p̂ = +z, |p| + p_z = 2|p|
-    pa = torch.where(rest, torch.ones_like(pa), pa)
+    s = torch.where(pz >= 0, pa + pz, pt2 / torch.where(pa - pz > 0, pa - pz, 1.0))
+    s = torch.where(rest, 2.0, s)  # at rest: p̂ = +z, |p| + p_z = 2|p|
+    pa = torch.where(rest, 1.0, pa)
     back = s <= 0
-    norm = torch.rsqrt(2 * pa * torch.where(back, torch.ones_like(s), s))
+    norm = torch.rsqrt(2 * pa * torch.where(back, 1.0, s))
+    zero = torch.zeros_like(s)
     if hel > 0:
-        c1 = torch.complex(s * norm, torch.zeros_like(s))
-        c2 = torch.complex(px * norm, py * norm)
-        c1 = torch.where(back, torch.zeros_like(c1), c1)
-        c2 = torch.where(back, torch.ones_like(c2), c2)
-    else:
-        c1 = torch.complex(-px * norm, py * norm)
-        c2 = torch.complex(s * norm, torch.zeros_like(s))
-        c1 = torch.where(back, -torch.ones_like(c1), c1)
-        c2 = torch.where(back, torch.zeros_like(c2), c2)
-    return c1, c2
+        return (torch.where(back, 0.0, s * norm), zero,
+                torch.where(back, 1.0, px * norm), torch.where(back, 0.0, py * norm))
+    return (torch.where(back, -1.0, -px * norm), torch.where(back, 0.0, py * norm),
+            torch.where(back, 0.0, s * norm), zero)
+
+
+def _assemble(lo: Tensor, hi: Tensor, chi: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+    """(lo χ, hi χ) as a complex128 (..., 4) spinor from real lo, hi and the parts of χ."""
+    r1, i1, r2, i2 = chi
+    re = torch.stack([lo * r1, lo * r2, hi * r1, hi * r2], -1)
+    im = torch.stack([lo * i1, lo * i2, hi * i1, hi * i2], -1)
+    return torch.complex(re, im)
 
 
 def _omegas(p: Tensor, mass: float | Tensor) -> tuple[Tensor, Tensor]:
@@ -106,18 +113,16 @@ def spinor_u(p: Tensor, mass: float | Tensor, hel: int) -> Tensor:
         (..., 4) complex128 :math:`(\sqrt{E-\lambda|p|}\chi_\lambda, \sqrt{E+\lambda|p|}\chi_\lambda)`.
     """
     wp, wm = _omegas(p, mass)
-    c1, c2 = _chi(p, hel)
     lo, hi = (wm, wp) if hel > 0 else (wp, wm)
-    return torch.stack([lo * c1, lo * c2, hi * c1, hi * c2], dim=-1)
+    return _assemble(lo, hi, _chi(p, hel))
 
 
 def spinor_v(p: Tensor, mass: float | Tensor, hel: int) -> Tensor:
     r"""Incoming-antifermion spinor :math:`v(p,\lambda) = (-\lambda\sqrt{E+\lambda|p|}\chi_{-\lambda},
     \lambda\sqrt{E-\lambda|p|}\chi_{-\lambda})`; arguments as :func:`spinor_u`."""
     wp, wm = _omegas(p, mass)
-    c1, c2 = _chi(p, -hel)
     lo, hi = (-wp, wm) if hel > 0 else (wm, -wp)
-    return torch.stack([lo * c1, lo * c2, hi * c1, hi * c2], dim=-1)
+    return _assemble(lo, hi, _chi(p, -hel))
 
 
 def bar(psi: Tensor) -> Tensor:

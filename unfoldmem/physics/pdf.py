@@ -19,6 +19,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -302,6 +303,52 @@ def _eval_subgrid(g: _Subgrid, fidx: Tensor, logx: Tensor, logq2: Tensor) -> Ten
     return _hermite((logq2 - lq0) / dq1, vl, left * dq1, vh, right * dq1)
 
 
+def _hermite_basis(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four coefficients of :func:`_hermite` at t (same operations, so bit-identical)."""
+    t2 = t * t
+    t3 = t2 * t
+    return 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + t, -2 * t3 + 3 * t2, t3 - t2
+
+
+def _plan_subgrid(g: _Subgrid, logx: Tensor, logq2: Tensor) -> tuple[Any, ...]:
+    """Everything of :func:`_eval_subgrid` that does not depend on the flavour (knot indices,
+    Hermite coefficients, Q spacings), so a plan serves all flavours at the same (x, Q)."""
+    nx, nq = g.logx.numel(), g.logq2.numel()
+    ix = (torch.searchsorted(g.logx, logx.contiguous(), right=True) - 1).clamp(0, nx - 2)
+    iq = (torch.searchsorted(g.logq2, logq2.contiguous(), right=True) - 1).clamp(0, nq - 2)
+    dlx = g.logx[ix + 1] - g.logx[ix]
+    tx = (logx - g.logx[ix]) / dlx
+    cx = _hermite_basis(tx)
+    lq0, lq1 = g.logq2[iq], g.logq2[iq + 1]
+    dq1 = lq1 - lq0
+    knots = []
+    for j in (iq - 1, iq, iq + 1, iq + 2):
+        j = j.clamp(0, nq - 1)
+        knots.append((ix * nq + j, (ix + 1) * nq + j))
+    dq0 = lq0 - g.logq2[(iq - 1).clamp(min=0)]
+    dq2 = g.logq2[(iq + 2).clamp(max=nq - 1)] - lq1
+    first, last = iq == 0, iq == nq - 2
+    den0, den2 = torch.where(first, 1.0, dq0), torch.where(last, 1.0, dq2)
+    cq = _hermite_basis((logq2 - lq0) / dq1)
+    return dlx, cx, knots, dq1, first, last, den0, den2, cq
+
+
+def _eval_plan(row: Tensor, drow: Tensor, plan: tuple[Any, ...]) -> Tensor:
+    """:func:`_eval_subgrid` for one flavour (its grid row and derivative row) from a plan."""
+    dlx, (a0, a1, a2, a3), knots, dq1, first, last, den0, den2, (b0, b1, b2, b3) = plan
+
+    def at_q(lo: Tensor, hi: Tensor) -> Tensor:
+        v0, v1 = row.index_select(0, lo), row.index_select(0, hi)
+        d0, d1 = drow.index_select(0, lo) * dlx, drow.index_select(0, hi) * dlx
+        return a0 * v0 + a1 * d0 + a2 * v1 + a3 * d1
+
+    vll, vl, vh, vhh = (at_q(lo, hi) for lo, hi in knots)
+    mid = (vh - vl) / dq1
+    left = torch.where(first, mid, 0.5 * (mid + (vl - vll) / den0))
+    right = torch.where(last, mid, 0.5 * (mid + (vhh - vh) / den2))
+    return b0 * vl + b1 * (left * dq1) + b2 * vh + b3 * (right * dq1)
+
+
 def _lagrange4(t: Tensor, knots: Tensor, start: Tensor) -> Tensor:
     """Weights (..., 4) of 4-point Lagrange interpolation at t on knots[start : start + 4]."""
     nodes = torch.stack([knots[start + j] for j in range(4)], dim=-1)
@@ -418,6 +465,8 @@ class GridPDF:
         Returns:
             (...) float64, differentiable in x and q inside the grid.
         """
+        if isinstance(pid, int) and self.interpolation == "logcubic":
+            return self._xfx_planned(self._col.get(int(pid), len(self.flavours)), x, q)
         x = torch.as_tensor(x, dtype=torch.float64)
         q = torch.as_tensor(q, dtype=torch.float64, device=x.device)
         if isinstance(pid, Tensor):
@@ -451,6 +500,56 @@ class GridPDF:
         if self.interpolation == "pythia":
             out = torch.where(x >= self.x_max, 0.0, out)
         return out
+
+    def _plan(self, x_arg: Tensor, q_arg: Tensor | float) -> tuple[Any, ...]:
+        """Flavour-independent interpolation plan at (x, Q); the last one is reused while the
+        same x tensor (unmodified: same object and version) and the same Q are asked for, as the
+        hadronic integrand does for its 11 flavours × 2 beams. The last 4 plans are kept (with
+        references to their x and Q, so their memory is not reused); never cached for inputs
+        that require grad."""
+        x = torch.as_tensor(x_arg, dtype=torch.float64)
+        q = torch.as_tensor(q_arg, dtype=torch.float64, device=x.device)
+        key: tuple[Any, ...] | None = None
+        if (isinstance(x_arg, Tensor) and isinstance(q_arg, Tensor | float | int)
+                and not (x.requires_grad or q.requires_grad)
+                and not torch.is_inference_mode_enabled()):
+            q_ref = q_arg if isinstance(q_arg, Tensor) else None
+            q_tag = q_arg._version if isinstance(q_arg, Tensor) else float(q_arg)
+            key = (x_arg, x_arg._version, q_ref, q_tag)
+            for ck, cplan in getattr(self, "_plan_cache", ()):
+                if ck[0] is x_arg and ck[1] == key[1] and ck[2] is q_ref and ck[3] == q_tag:
+                    return cplan
+        x, q = torch.broadcast_tensors(x, q)
+        grids = self._grids(x.device)
+        logx = torch.log(x.clamp(self.x_min, self.x_max))
+        logq2 = torch.log(q * q).clamp(grids[0].logq2[0], grids[-1].logq2[-1])
+        flat_x, flat_q = logx.reshape(-1), logq2.reshape(-1)
+        # LHAPDF: a Q on a subgrid boundary belongs to the upper subgrid.
+        edges = torch.stack([g.logq2[0] for g in grids])
+        which = torch.searchsorted(edges, flat_q.contiguous(), right=True) - 1
+        which = which.clamp(0, len(grids) - 1)
+        parts = []
+        for k, g in enumerate(grids):
+            sel = (which == k).nonzero().squeeze(-1)
+            if sel.numel():
+                lx, lq = flat_x[sel], flat_q[sel]
+                sub = _plan_subgrid(g, lx, lq) if g.logq2.numel() >= 4 else None
+                parts.append((g, sel, lx, lq, sub))
+        plan = (x.shape, x.device, parts)
+        if key is not None:  # a few entries: the integrand alternates between x1 and x2
+            self._plan_cache = [(key, plan), *getattr(self, "_plan_cache", [])[:3]]
+        return plan
+
+    def _xfx_planned(self, col: int, x: Tensor, q: Tensor | float) -> Tensor:
+        shape, device, parts = self._plan(x, q)
+        flat = torch.zeros(shape, dtype=torch.float64, device=device).reshape(-1)
+        for g, sel, lx, lq, sub in parts:
+            if sub is None:
+                val = _eval_subgrid(g, torch.full_like(sel, col), lx, lq)
+            else:
+                val = _eval_plan(g.xf[col], g.dxf[col], sub)
+            flat = flat.index_put((sel,), val)
+        return flat.reshape(shape)
 
     def xfx_all(self, x: Tensor, q: Tensor | float) -> Tensor:
         """:math:`x f` for all of :data:`PIDS` at once: (...) -> (..., 11)."""

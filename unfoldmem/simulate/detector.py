@@ -319,7 +319,10 @@ class ParametricDetector:
                  for i in range(0, pdg.shape[0], _BLOCK)]
         if not parts:
             parts = [self._simulate(p, pdg, generator)]
-        cols = parts[0] if len(parts) == 1 else [torch.cat(c) for c in zip(*parts, strict=True)]
+        cols = parts[0] if len(parts) == 1 else [
+            torch.cat(c, 1 if i in (0, 3, 6) else 0)  # stacked fields are (5, n, k)
+            for i, c in enumerate(zip(*parts, strict=True))
+        ]
         blocks = [ObjectBlock(*cols[i].unbind(0), parton_index=cols[i + 1], mask=cols[i + 2])
                   for i in (0, 3, 6)]
         return DetectorOutput(*blocks, *cols[9:])
@@ -350,16 +353,16 @@ class ParametricDetector:
         ch = torch.cosh(eta_r.clamp(-_ETA_CLAMP, _ETA_CLAMP))
         pt_r = torch.where(jet, x_r * q["beta"] / ch, x_r)
         ok = q["good"] & (pt_r > q["pt_min"]) & (eta_r.abs() < q["eta_max"]) & (u[0] < q["eff"])
-        mass_r = torch.where(jet, lorentz.mass(p).clamp(min=0) * x_r / q["E"],
+        # = lorentz.mass(p).clamp(min=0), without its spacelike branch
+        mass_r = torch.where(jet, torch.sqrt(lorentz.mass2(p).clamp(min=0)) * x_r / q["E"],
                              self._lep_mass[kind])
         tag = torch.where(jet, (u[1] < q["tag_p"]).double(), -torch.sign(pdg).double())
 
         # MET: neutrinos, plus the mismeasurement of each detected object; lost ones unclustered.
-        inv = kind == KIND_INVISIBLE
-        w = (ok.double() + inv.double()).unsqueeze(-1)
-        pt_ok = torch.where(ok, pt_r, 0.0).unsqueeze(-1)
-        cs = torch.stack([torch.cos(phi_r), torch.sin(phi_r)], -1)
-        mean = (p[..., 1:3] * w - pt_ok * cs).sum(-2)
+        w = ok.double() + (kind == KIND_INVISIBLE).double()
+        pt_ok = torch.where(ok, pt_r, 0.0)
+        mean = torch.stack([(p[..., 1] * w - pt_ok * torch.cos(phi_r)).sum(-1),
+                            (p[..., 2] * w - pt_ok * torch.sin(phi_r)).sum(-1)], -1)
         vis = (kind >= KIND_JET) & (kind <= KIND_ELECTRON)
         sum_pt = torch.where(vis, q["pt"], 0.0).sum(-1)
         m = self.card.met

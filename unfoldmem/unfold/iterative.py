@@ -10,15 +10,16 @@ Iteration k (k = 1..K) removes it step by step:
    simulated partons of passing events with their current weights :math:`w^{(k-1)}` (class 0);
    its likelihood ratio :math:`r_k(p) = \hat f_{\text{unf}}(p) / f^{(k-1)}_{\text{sim}}(p)`
    (:mod:`unfoldmem.unfold.classifier`);
-3. reweight every simulated event (passing or not), :math:`w^{(k)}_e = w^{(k-1)}_e\,r_k(p_e)`,
-   with weight diagnostics (:mod:`unfoldmem.weights`): non-finite count, Kish ESS/N, largest
+3. reweight the simulated events that pass the selection,
+   :math:`w^{(k)}_e = w^{(k-1)}_e\,r_k(p_e)` (failing events keep their weights: the data say
+   nothing about them and the classifier would extrapolate there), with weight diagnostics (:mod:`unfoldmem.weights`): non-finite count, Kish ESS/N, largest
    share, warned or refused above the configured thresholds;
 4. retrain the cINN on the reweighted simulation (warm start from :math:`q_{k-1}`).
 
 How far each iteration moves is reported per observable as
 :math:`\chi^2_{\text{move}}/n = \frac1n\sum_i (h^{(k)}_i - h^{(k-1)}_i)^2/\sigma^2_{\text{stat},i}`
-and the largest relative change; the reweighted simulation also serves the acceptance
-correction (:mod:`unfoldmem.unfold.acceptance`).
+and the largest relative change. Efficiencies for the acceptance correction use the original
+simulation weights (the reweighting is defined for passing events only).
 
 References:
     M. Backes, A. Butter, M. Dunford, B. Malaescu, "An unfolding method based on conditional
@@ -290,10 +291,14 @@ def iterate(
                 torch.from_numpy(w1),
                 config.classifier.model_copy(update={"seed": config.seed + k}),
             )
-            r, clip = clf.likelihood_ratio(EventFeatures(_features(current, mom_all)))
-            # 3. reweight every simulated event; diagnostics, never repaired
-            w = w * r.numpy()
-            rec.weights = check_weights(w, config.weights, name=f"iterative.iter{k}")
+            r, clip = clf.likelihood_ratio(EventFeatures(x0))
+            # 3. reweight the passing events only: failing events lie partly outside the
+            # classifier's training support (e.g. beyond the acceptance), where its ratio is an
+            # unconstrained extrapolation. Diagnostics, never repaired.
+            w = w.copy()
+            w[sim.pass_index] = w[sim.pass_index] * r.numpy()
+            rec.weights = check_weights(w[sim.pass_index], config.weights,
+                                        name=f"iterative.iter{k}")
             rec.classifier = {
                 **clip,
                 "best_epoch": clf.history.get("best_epoch"),

@@ -76,10 +76,18 @@ def _gg_amplitudes_hel(
     e1, e2 = eps[0].unsqueeze(1), eps[1].unsqueeze(0)
     amp_t = 1j * h.mdot(j[0].unsqueeze(1), e2)
     amp_u = 1j * h.mdot(j[1].unsqueeze(0), e1)
-    g3 = h.vvv_offshell(e1, k1, e2, k2, gs)
     if top_current is None:
         top_current = h.ffv_current(bar_t, v_t, gs, gs)
-    amp_s = 1j * h.mdot(top_current, g3)
+    # s channel, i J·(JVVXXX): the triple-gluon vertex contracted with J term by term, so no
+    # (2, 2, N, 4) off-shell gluon is built
+    jt, k3 = top_current, -(k1 + k2)
+    e1n, e2n = eps[0], eps[1]
+    s_part = (
+        h.mdot(e1, e2) * h.mdot(jt, k1 - k2)
+        + h.mdot(jt, e2n).unsqueeze(0) * h.mdot(k2 - k3, e1n).unsqueeze(1)
+        + h.mdot(jt, e1n).unsqueeze(1) * h.mdot(k3 - k1, e2n).unsqueeze(0)
+    )
+    amp_s = s_part * (gs / h.mdot(k3, k3))
     return amp_t - 1j * amp_s, amp_u + 1j * amp_s
 
 
