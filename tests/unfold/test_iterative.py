@@ -103,7 +103,7 @@ def test_closure_with_a_different_truth_one_pass_vs_iterative() -> None:
     truth = truth_histograms(data.momenta(), pdg, data.weight, dpar.pass_reco.to_numpy(), obs)
     one = closure(hists_of(unfold(model, ddet, lay, obs, 50, **kw), obs), truth)
     res = iterate(model, card, ddet, sim, lay, obs,
-                  IterativeConfig(iterations=3, samples=8, epochs=8, classifier=FAST))
+                  IterativeConfig(iterations=3, samples=10, epochs=15, classifier=FAST))
     final = closure(hists_of(unfold(res.model, ddet, lay, obs, 50, **kw), obs), truth)
     print("one pass :", {k: round(v["chi2_ndf"], 2) for k, v in one.items()})
     print("iterative:", {k: round(v["chi2_ndf"], 2) for k, v in final.items()})
