@@ -62,3 +62,8 @@ def test_stub_verbs_say_not_available(cli, verb):
         return
     res = cli(verb, "anything")
     assert res.code == 2 and "not yet available" in res.err and res.out == ""
+
+
+def test_xsec_unknown_sampler_is_a_usage_error(cli):
+    res = cli("xsec", "cards/processes/drell_yan.yaml", "--sampler", "magic", "--neval", "100", "--nitn", "1")
+    assert res.code == 2 and "--sampler must be 'vegas' or 'flow'" in res.err

@@ -88,7 +88,7 @@ def _figures(folder: Path, root: Path) -> list[str]:
 
 def run_demo(out: Path, plan: DemoPlan, seed: int = 1) -> Path:
     """Run every step into ``out`` (which must not exist yet) and write ``out/report.md``."""
-    out.mkdir(parents=True)
+    (out / "models").mkdir(parents=True)
     repo = Path.cwd()
     p = lambda name: str(out / name)  # noqa: E731
     log: list[dict[str, Any]] = []
