@@ -324,6 +324,16 @@ def fermion_in_offshell(
     Arguments:
         p: (..., 4) momentum along the fermion arrow through the propagator, GeV.
     """
+    if _is_zero(gr):
+        # purely left-handed vertex (W): V̸ gL PL ψ = (0, 0, gL σ̄·V ψ_L), then (p̸ + m) on it
+        b11, b12, b21, b22 = _sigbar(vec)
+        c1, c2 = gl * psi[..., 0], gl * psi[..., 1]
+        c3, c4 = b11 * c1 + b12 * c2, b21 * c1 + b22 * c2
+        s11, s12, s21, s22 = _sig(p)
+        num = torch.stack(
+            [s11 * c3 + s12 * c4, s21 * c3 + s22 * c4, mass * c3, mass * c4], -1
+        )
+        return -num / breit_wigner_denominator(mdot(p, p), mass, width).unsqueeze(-1)
     num = _pslash_plus_m(_slash_chiral(psi, vec, gl, gr), p, mass)
     return -num / breit_wigner_denominator(mdot(p, p), mass, width).unsqueeze(-1)
 
@@ -345,6 +355,16 @@ def fermion_out_offshell(
     """
     # bar M = (M^T bar^T)^T; with rows the chiral blocks swap roles.
     a1, a2, a3, a4 = bar_out[..., 0], bar_out[..., 1], bar_out[..., 2], bar_out[..., 3]
+    if _is_zero(gr):
+        # purely left-handed vertex (W): the d half vanishes, skip its arithmetic
+        b11, b12, b21, b22 = _sigbar(vec)
+        u1 = gl * (a3 * b11 + a4 * b21)
+        u2 = gl * (a3 * b12 + a4 * b22)
+        p11, p12, p21, p22 = _sig(p)
+        out = torch.stack(
+            [mass * u1, mass * u2, u1 * p11 + u2 * p21, u1 * p12 + u2 * p22], -1
+        )
+        return -out / breit_wigner_denominator(mdot(p, p), mass, width).unsqueeze(-1)
     s11, s12, s21, s22 = _sig(vec)
     b11, b12, b21, b22 = _sigbar(vec)
     # row (a_up, a_lo) · V̸(gL PL + gR PR) = (gL a_lo σ̄·V, gR a_up σ·V)

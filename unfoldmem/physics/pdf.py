@@ -303,6 +303,9 @@ def _eval_subgrid(g: _Subgrid, fidx: Tensor, logx: Tensor, logq2: Tensor) -> Ten
     return _hermite((logq2 - lq0) / dq1, vl, left * dq1, vh, right * dq1)
 
 
+_PLAN_CACHE_MAX_POINTS = 1 << 20
+
+
 def _hermite_basis(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The four coefficients of :func:`_hermite` at t (same operations, so bit-identical)."""
     t2 = t * t
@@ -501,16 +504,22 @@ class GridPDF:
             out = torch.where(x >= self.x_max, 0.0, out)
         return out
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_plan_cache", None)  # per-process scratch, not part of the PDF
+        return state
+
     def _plan(self, x_arg: Tensor, q_arg: Tensor | float) -> tuple[Any, ...]:
         """Flavour-independent interpolation plan at (x, Q); the last one is reused while the
         same x tensor (unmodified: same object and version) and the same Q are asked for, as the
-        hadronic integrand does for its 11 flavours × 2 beams. The last 4 plans are kept (with
-        references to their x and Q, so their memory is not reused); never cached for inputs
-        that require grad."""
+        hadronic integrand does for its 11 flavours × 2 beams. The last 2 plans are kept (with
+        references to their x and Q, so their memory is not reused; ~200 bytes a point, at
+        most :data:`_PLAN_CACHE_MAX_POINTS` points); never cached for inputs that require grad."""
         x = torch.as_tensor(x_arg, dtype=torch.float64)
         q = torch.as_tensor(q_arg, dtype=torch.float64, device=x.device)
         key: tuple[Any, ...] | None = None
         if (isinstance(x_arg, Tensor) and isinstance(q_arg, Tensor | float | int)
+                and x_arg.numel() <= _PLAN_CACHE_MAX_POINTS
                 and not (x.requires_grad or q.requires_grad)
                 and not torch.is_inference_mode_enabled()):
             q_ref = q_arg if isinstance(q_arg, Tensor) else None
@@ -536,8 +545,8 @@ class GridPDF:
                 sub = _plan_subgrid(g, lx, lq) if g.logq2.numel() >= 4 else None
                 parts.append((g, sel, lx, lq, sub))
         plan = (x.shape, x.device, parts)
-        if key is not None:  # a few entries: the integrand alternates between x1 and x2
-            self._plan_cache = [(key, plan), *getattr(self, "_plan_cache", [])[:3]]
+        if key is not None:  # two entries: the integrand alternates between x1 and x2
+            self._plan_cache = [(key, plan), *getattr(self, "_plan_cache", [])[:1]]
         return plan
 
     def _xfx_planned(self, col: int, x: Tensor, q: Tensor | float) -> Tensor:

@@ -124,20 +124,19 @@ class ObjectBlock:
 
 
 def _sorted_block(fields: list[Tensor], parton_index: Tensor, mask: Tensor) -> ObjectBlock:
-    return ObjectBlock(*_sorted_stack(torch.stack(fields), parton_index, mask))
+    g, pidx, msk = _sorted_stack(torch.stack(fields), parton_index, mask)
+    return ObjectBlock(*g.unbind(0), parton_index=pidx, mask=msk)
 
 
-def _sorted_stack(
-    fields: Tensor, parton_index: Tensor, mask: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Sort (F, n, k) stacked fields by the first one (descending, masked last) in one gather;
-    returns the F sorted fields, parton indices (-1 where masked) and the sorted mask."""
+def _sorted_stack(fields: Tensor, parton_index: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Sort (F, ..., k) stacked fields by the first one (descending, masked last) in one gather;
+    returns the sorted fields (F, ..., k), parton indices (-1 where masked) and the mask."""
     key = torch.where(mask, fields[0], -1.0)
     order = torch.argsort(key, dim=-1, descending=True, stable=True)
     msk = torch.gather(mask, -1, order)
     g = torch.where(msk, torch.gather(fields, -1, order.expand_as(fields)), 0.0)
     pidx = torch.where(msk, torch.gather(parton_index, -1, order), -1)
-    return (*g.unbind(0), pidx, msk)
+    return g, pidx, msk
 
 
 @dataclass
@@ -382,11 +381,10 @@ class ParametricDetector:
         lep_mask = ok & torch.stack([kind == KIND_MUON, kind == KIND_ELECTRON])
         lep = _sorted_stack(fields.expand(2, *fields.shape).transpose(0, 1),
                             pidx.expand(2, n, n_p), lep_mask)
-        lep_f = torch.stack(lep[:5])
-        muons = [lep_f[:, 0], lep[5][0], lep[6][0]]
-        electrons = [lep_f[:, 1], lep[5][1], lep[6][1]]
-        count = jets[6].sum(-1) + lep[6].sum((0, 2))
-        return [torch.stack(jets[:5]), jets[5], jets[6], *muons, *electrons,
+        muons = [lep[0][:, 0], lep[1][0], lep[2][0]]
+        electrons = [lep[0][:, 1], lep[1][1], lep[2][1]]
+        count = jets[2].sum(-1) + lep[2].sum((0, 2))
+        return [*jets, *muons, *electrons,
                 lorentz.pt(met4), lorentz.phi(met4), mean, sigma, isr_mask.sum(-1), count > 0]
 
     def _isr_stacked(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -105,13 +105,13 @@ def _gluon_pols_from_u(u_minus: Tensor) -> Tensor:
 
 
 def _qq_me2_both(
-    top_current: Tensor, u_in: Tensor, k1: Tensor, k2: Tensor, gs: Tensor
+    top_current: Tensor, u_in: Tensor, k1: Tensor, k2: Tensor, gs: Tensor, rows: slice = slice(None)
 ) -> Tensor:
     r"""Colour-stripped :math:`\sum_{h_q}|A|^2` of q q̄ → tt̄ for both orientations, (2, N):
     row 0 q(k₁) q̄(k₂), row 1 q̄(k₁) q(k₂). ``u_in`` = u(k, ±) (2 hel, 2 beams, N, 4); for
     massless spinors :math:`v(p, \mp) = -u(p, \pm)`; ``top_current`` is
-    :math:`g_s\bar u_t\gamma^\mu v_t` (N, 4)."""
-    jq = h.ffv_current(-h.bar(u_in.flip(1)), u_in, gs, gs)
+    :math:`g_s\bar u_t\gamma^\mu v_t` (N, 4); ``rows`` selects orientations."""
+    jq = h.ffv_current(-h.bar(u_in.flip(1)[:, rows]), u_in[:, rows], gs, gs)
     kk = k1 + k2
     a = h.mdot(top_current, jq) / h.mdot(kk, kk)
     return (a.real**2 + a.imag**2).sum(0)

@@ -179,6 +179,7 @@ class TTbarSemileptonic(Process):
         theta: Mapping[str, Tensor],
         gg: bool = True,
         qq: bool = True,
+        qq_rows: slice = slice(None),
     ) -> tuple[Tensor | None, Tensor | None]:
         """gg |M|² (N,) and q q̄, q̄ q |M|² (2, N), sharing spinors and the top current; the
         gluon polarisations are :func:`~unfoldmem.physics.helas.polarizations_ref`."""
@@ -196,7 +197,7 @@ class TTbarSemileptonic(Process):
             )
             me_gg = NC * gg_colour_sum(a1, a2).sum((0, 1)) / 256.0
         if qq:
-            me_qq = NC * 2.0 * _qq_me2_both(top_current, u_in, k1, k2, gs) / 36.0
+            me_qq = NC * 2.0 * _qq_me2_both(top_current, u_in, k1, k2, gs, qq_rows) / 36.0
         return me_gg, me_qq
 
     def _chunked(self, fn: Callable[..., Tensor], p_in: Tensor, p_out: Tensor,
@@ -253,7 +254,10 @@ class TTbarSemileptonic(Process):
             )
         iq = 0 if channel[0] > 0 else 1
         return self._chunked(
-            lambda a, b, t: self._me2_fast(a, b, t, gg=False)[1][iq], p_in, p_out, theta
+            lambda a, b, t: self._me2_fast(a, b, t, gg=False, qq_rows=slice(iq, iq + 1))[1][0],
+            p_in,
+            p_out,
+            theta,
         )
 
     def matrix_elements_by_channel(
