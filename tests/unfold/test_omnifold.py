@@ -242,3 +242,25 @@ def test_bad_inputs() -> None:
             pass_gen=torch.tensor([True, True, False]),
         )
     assert isinstance(TrainedClassifier, type)
+
+
+def test_deepset_detector_features_with_fixed_parton_features_and_misses():
+    """Detector level as variable-length objects, parton level as fixed features, with misses:
+    each step picks the classifier its features allow (regression: the parton-level steps
+    once received the deep-set configuration and failed)."""
+    rng = np.random.default_rng(5)
+    n_sim, n_data = 600, 400
+    truth = rng.normal(size=n_sim)
+    counts = rng.integers(1, 4, size=n_sim)
+    objects = torch.zeros(n_sim, 3, 2)
+    mask = torch.arange(3)[None, :] < torch.as_tensor(counts)[:, None]
+    objects[..., 0] = torch.as_tensor(truth, dtype=torch.float32)[:, None] + 0.3 * torch.randn(n_sim, 3)
+    sim_reco = EventFeatures(torch.as_tensor(counts, dtype=torch.float32), objects, mask)
+    sim_gen = EventFeatures(torch.as_tensor(truth))
+    data = sim_reco[torch.arange(n_data)]
+    pass_reco = torch.as_tensor(rng.random(n_sim) < 0.8)
+    clf = ClassifierConfig(kind="deepset", hidden=8, layers=1, latent=4, epochs=2, batch_size=256)
+    res = omnifold(data, sim_reco, sim_gen, pass_reco=pass_reco,
+                   config=OmniFoldConfig(iterations=1, classifier=clf))
+    w = res.weights()
+    assert w.shape == (n_sim,) and bool(torch.isfinite(w).all()) and bool((w > 0).all())

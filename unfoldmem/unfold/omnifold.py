@@ -238,11 +238,13 @@ def omnifold(
         rec: dict[str, Any] = {"iteration": k}
         reasons: list[str] = []
 
-        def cfg(step: int, _k: int = k) -> ClassifierConfig:
-            return base.model_copy(update={"seed": base.seed + 10 * _k + step})
+        def cfg(step: int, feats: EventFeatures, _k: int = k) -> ClassifierConfig:
+            # parton-level features are fixed-length: a deep set only where objects exist
+            kind = base.kind if feats.objects is not None else "mlp"
+            return base.model_copy(update={"seed": base.seed + 10 * _k + step, "kind": kind})
 
         omega = nan.clone()
-        r1 = _step("step1", trainer, sim_reco[R], (w * nu)[R], data, wd, sim_reco[R], cfg(1), rec)
+        r1 = _step("step1", trainer, sim_reco[R], (w * nu)[R], data, wd, sim_reco[R], cfg(1, data), rec)
         omega[R] = nu[R] * r1
         if miss.any():
             r1b = _step(
@@ -253,7 +255,7 @@ def omnifold(
                 sim_gen[RG],
                 (w * omega)[RG],
                 sim_gen[miss],
-                cfg(2),
+                cfg(2, sim_gen),
                 rec,
             )
             omega[miss] = nu[miss] * r1b
@@ -275,7 +277,7 @@ def omnifold(
             sim_gen[G],
             (w * omega)[G],
             sim_gen[G],
-            cfg(3),
+            cfg(3, sim_gen),
             rec,
         )
         new[G] = nu[G] * r2
@@ -288,7 +290,7 @@ def omnifold(
                 sim_reco[RG],
                 (w * new)[RG],
                 sim_reco[fake],
-                cfg(4),
+                cfg(4, sim_reco),
                 rec,
             )
             new[fake] = nu[fake] * r2b
