@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # the unfolded distribution describes as many events as the data truth
     w_unf = w_unf * len(y_truth) / w_unf.sum()
     w_prior = w_prior * len(y_truth) / w_prior.sum()
-    edges = np.linspace(-2.5, 2.5, 11)
+    edges = np.linspace(-4.0, 4.0, 9)
     h_prior = np.histogram(y_sim, edges, weights=w_prior)[0]
     h_unf = np.histogram(y_sim, edges, weights=w_unf)[0]
     h_truth = np.histogram(y_truth, edges)[0].astype(float)

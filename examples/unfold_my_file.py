@@ -6,8 +6,9 @@ What it shows, step by step:
    (:func:`unfoldmem.simulate.generate_file`);
 2. read the events to unfold with :func:`unfoldmem.io.read_detector`: by default a second,
    independent simulated sample (so the truth is known), or your own file with
-   ``--data FILE --branchmap CARD`` (e.g. the real CMS 2010 dimuon events in
-   ``tests/data/uproot-Zmumu.root`` through ``cards/branchmaps/cms_zmumu.yaml``);
+   ``--data FILE --branchmap CARD`` (docs/howto-own-data.md). Your events must look like the
+   simulation (the same objects, jets and MET): :func:`unfoldmem.unfold.cinn_unfold.check_data`
+   stops with a message saying what differs;
 3. train a small cINN p(partons | reco) on the reco-passing simulated events
    (:class:`unfoldmem.flows.cinn.CINN`, :func:`unfoldmem.flows.training.train`);
 4. draw posterior samples per event (:func:`unfoldmem.unfold.cinn_unfold.unfold`) and histogram
@@ -17,10 +18,9 @@ What it shows, step by step:
 Run from the repository root (about a minute on one CPU core with the defaults)::
 
     .venv/bin/python examples/unfold_my_file.py
-    .venv/bin/python examples/unfold_my_file.py --data tests/data/uproot-Zmumu.root \
-        --branchmap cards/branchmaps/cms_zmumu.yaml
+    .venv/bin/python examples/unfold_my_file.py --data my.root --branchmap my_map.yaml
 
-A one-epoch network is a plumbing check, not a physics result: raise ``--epochs`` and ``-n``
+A two-epoch network is a plumbing check, not a physics result: raise ``--epochs`` and ``-n``
 for a closure that means something (``docs/unfolding.md``).
 """
 

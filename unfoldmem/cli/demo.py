@@ -41,13 +41,14 @@ class DemoPlan:
     cinn_card: str
     transfer_card: str
     epochs: int
+    transfer_epochs: int = 2
 
 
 PLANS = {
     "drell_yan": DemoPlan(
-        "drell_yan", "cards/runs/drell_yan.yaml", "cards/processes/drell_yan.yaml", "m_z",
-        91.1876, 91.6876, "90.4:92.8:9", 30000, 8000, 400, "cards/models/cinn_demo.yaml",
-        "cards/models/transfer_demo.yaml", 6,
+        "drell_yan", "cards/runs/drell_yan_demo.yaml", "cards/processes/drell_yan.yaml", "m_z",
+        91.1876, 91.6876, "90.4:92.8:7", 20000, 6000, 150, "cards/models/cinn_demo.yaml",
+        "cards/models/transfer_demo.yaml", 5,
     ),
     "ttbar": DemoPlan(
         "ttbar_semileptonic", "cards/runs/ttbar_small.yaml", "cards/processes/ttbar_semileptonic.yaml",
@@ -106,12 +107,13 @@ def run_demo(out: Path, plan: DemoPlan, seed: int = 1) -> Path:
     data_card.write_text(yaml.safe_dump(card))
     _run(["generate", str(data_card), "-n", str(plan.n_data), "-o", p("data.root"), "--seed", str(seed + 100)], log, repo)
     _run(["train", plan.cinn_card, "--data", p("sim.root"), "-o", p("models/cinn"), "--epochs", str(plan.epochs)], log, repo)
-    _run(["train", plan.transfer_card, "--data", p("sim.root"), "-o", p("models/transfer"), "--epochs", str(plan.epochs)], log, repo)
+    _run(["train", plan.transfer_card, "--data", p("sim.root"), "-o", p("models/transfer"), "--epochs", str(plan.transfer_epochs)], log, repo)
     _run(["unfold", p("data.root"), "--model", p("models/cinn"), "-n", "20", "-o", p("unfold"), "--process", plan.process], log, repo)
-    _run(["omnifold", p("data.root"), "--sim", p("sim.root"), "-k", "3", "-o", p("omnifold")], log, repo)
+    _run(["omnifold", p("data.root"), "--sim", p("sim.root"), "-k", "3", "--epochs", "8", "-o", p("omnifold")], log, repo)
     _run(["likelihood", p("data.root"), "--process", plan.process_card, "--model", p("models/cinn"),
           "--theta", f"{th}{plan.grid}", "--tf", "exact", "--sim", p("sim.root"),
-          "--max-events", str(plan.n_mem_events), "-o", p("ll.root")], log, repo)
+          "--max-events", str(plan.n_mem_events), "--precision", "0.02", "--n-max", "4096",
+          "-o", p("ll.root")], log, repo)
     _run(["scan", p("ll.root"), "-p", plan.param, "-o", p("scan")], log, repo)
     _run(["fit", p("ll.root"), "-o", p("fit")], log, repo)
     total = time.perf_counter() - t_start
