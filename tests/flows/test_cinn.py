@@ -13,6 +13,7 @@ from scipy import stats
 
 from unfoldmem.cards.model import (
     ConditionConfig,
+    EncodingConfig,
     FlowConfig,
     ModelCard,
     TrainingConfig,
@@ -216,6 +217,21 @@ def test_flow_invertible_and_jacobian(name: str) -> None:
         assert torch.allclose(ladj, torch.linalg.slogdet(jac)[1], atol=1e-8)
 
 
+def test_batched_sampler_matches_flow() -> None:
+    """CouplingNSF.inverse_many (context part of every hyper-network computed once per event,
+    chunked) equals zuko's own inverse ``flow(c).transform.inv(z)`` for the same z, and
+    sample_partons decodes draws of the same shape and dtype."""
+    torch.manual_seed(0)
+    model, (reco, mask), _, _ = _cinn()
+    c = model.context(reco, mask).detach()
+    z = torch.randn(5, 64, model.parton_encoding.n_features)
+    with torch.no_grad():
+        ref = model.flow(c).transform.inv(z)
+        for chunk in (64, 100, 10**6):  # one event-batch per chunk, ragged, everything at once
+            assert torch.allclose(model.flow.inverse_many(z, c, chunk), ref, atol=1e-5)
+    assert model.flow.sample_many(3, c).shape == (3, 64, model.parton_encoding.n_features)
+
+
 def test_padding_does_not_change_context() -> None:
     """Extra masked slots with garbage values leave the condition (deep set) unchanged."""
     torch.manual_seed(0)
@@ -246,16 +262,25 @@ def test_physical_density_and_samples() -> None:
 def test_cinn_calibrated_on_toy() -> None:
     """Trained cINN vs the toy's exact conjugate posterior: rank statistics of the truth among 19
     posterior samples are uniform in every marginal (χ², p > 0.01 after a Bonferroni factor 6), and
-    KL(true ‖ cINN) per event, estimated with exact posterior samples, is below 0.1 nats (6 dims).
+    KL(true ‖ cINN) per event, estimated with exact posterior samples, is below 0.1 nats (6 dims;
+    the exact posterior has NLL −0.9 nats in feature space, so 0.1 is a 1.5 % density error per
+    dimension). Absolute parton φ (``relative_phi=False``): the toy's posterior factorises per
+    object in absolute φ. Measured: KL 0.082 nats (median 0.061; 0.14 for events with a reco φ
+    within 3σ of ±π, where the posterior wraps), validation NLL −0.78, 6 min on a loaded 2-core
+    machine (before: 4 couplings, no attention, no atanh φ input: KL 4.1 nats).
 
     Reference: the analytic posterior of Gaussian smearing with Gaussian/uniform priors.
     """
     torch.manual_seed(0)
-    partons, reco, mask = toy_events(12000, 10)
-    model = CINN.from_data(partons, reco, mask, flow=FlowConfig(transforms=4, hidden=[64, 64]),
-                           condition=ConditionConfig(embed=32, hidden=[64], context=16))
+    partons, reco, mask = toy_events(30000, 10)
+    model = CINN.from_data(
+        partons, reco, mask, flow=FlowConfig(transforms=6, hidden=[64, 64], bins=8),
+        condition=ConditionConfig(embed=32, hidden=[64, 64], context=16, attention_layers=1,
+                                  heads=2),
+        encoding=EncodingConfig(relative_phi=False),
+    )
     data = model.prepare(partons, reco, mask)
-    res = train(model, data, TrainingConfig(epochs=12, batch_size=256, lr=3e-3, patience=4),
+    res = train(model, data, TrainingConfig(epochs=20, batch_size=256, lr=2e-3, patience=0),
                 quiet=True)
     print(f"cINN toy: best validation NLL {res.best_val:.4f}, {res.events_per_second:.0f} ev/s")
     tp, tr, tm = toy_events(600, 11)

@@ -128,6 +128,17 @@ def test_mismatched_data_and_encoding(saved: tuple[Path, ModelCard, str]) -> Non
         load_model(path)
 
 
+def test_old_format_refused(saved: tuple[Path, ModelCard, str]) -> None:
+    """A model directory of another format version (format 1: 11-input condition MLP) is a
+    ModelError that says to retrain, not a shape error deep inside load_state_dict."""
+    path, _, _ = saved
+    meta = json.loads((path / "meta.json").read_text())
+    meta["format_version"] = 1
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"model format 1.*retrain"):
+        load_model(path)
+
+
 def test_missing_pieces(tmp_path: Path, saved: tuple[Path, ModelCard, str]) -> None:
     """A missing directory or file is a ModelError naming it; a failed save leaves nothing."""
     with pytest.raises(ModelError, match="not a model directory"):

@@ -69,7 +69,7 @@ __all__ = [
     "versions",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _FILES = ("weights.pt", "card.yaml", "encoding.json", "meta.json")
 
 
@@ -239,6 +239,10 @@ def load_model(
     except CardError as exc:
         raise ModelError(str(path), f"card.yaml is not a valid model card: {exc}") from exc
     meta = json.loads((path / "meta.json").read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        # 2: the condition network's object MLP takes atanh(φ/π) as a 12th input
+        raise ModelError(str(path), f"written in model format {meta.get('format_version')}, this "
+                         f"unfoldmem reads format {FORMAT_VERSION}; retrain the model")
     encodings = json.loads((path / "encoding.json").read_text())
     if card is not None:
         skip = {"training", "name"}
