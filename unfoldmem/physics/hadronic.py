@@ -129,7 +129,9 @@ class HadronicIntegrand:
         me2 = self.process.matrix_elements_by_channel(p_in, p_out, th)
         lum = self._luminosities(x1, x2)
         base = jac / s * jac_y * w_ps / (2 * shat) * GEV2_TO_PB
-        ok = (shat >= s_min) & (w_ps > 0)
+        # a decay at its kinematic edge can round a daughter's energy below zero: such a point
+        # is outside physical phase space (weight 0), not a NaN in the spinors
+        ok = (shat >= s_min) & (w_ps > 0) & (p_out[..., 0] > 0).all(-1)
         cw = torch.where(ok[:, None], lum * me2 * base[:, None], torch.zeros_like(me2))
         return HadronicPoint(x1, x2, p_in, p_out, cw.sum(-1), cw, self.process.channels)
 
