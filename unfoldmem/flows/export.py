@@ -137,10 +137,11 @@ class _StaticFlow(nn.Module):
                 self.split.append(None)
 
     def _base(self) -> tuple[Tensor, Tensor]:
-        dist = self.base()
-        # Independent(Normal) with buffered loc/scale: read them, keep the graph arithmetic
-        inner = dist.base_dist
-        return inner.loc, inner.scale
+        # the base is a DiagNormal with buffered loc/scale: read the buffers directly, since
+        # building the distribution inside torch.export guards on data-dependent sizes
+        # (named loc/scale or _0/_1 depending on how zuko built it; constructor order either way)
+        loc, scale = list(self.base.buffers())[:2]
+        return loc, scale
 
     def inverse(self, z: Tensor, c: Tensor) -> Tensor:
         """Base point z (B, D) → feature point x (B, D) given context c (B, C)."""
