@@ -10,9 +10,8 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
-
 from docs.generate import cards_markdown, cli_markdown
+from tests.conftest import REPO
 
 
 def test_card_reference_is_current():
