@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from unfoldmem.physics.phase_space import two_body_decay
+
 __all__ = [
     "Parameter",
     "ShatMapping",
@@ -33,6 +35,7 @@ __all__ = [
     "get_process",
     "available_processes",
     "incoming_momenta",
+    "two_body_final_state",
 ]
 
 
@@ -174,3 +177,18 @@ def incoming_momenta(shat: Tensor) -> Tensor:
     e = 0.5 * torch.sqrt(shat)
     z = torch.zeros_like(e)
     return torch.stack([torch.stack([e, z, z, e], -1), torch.stack([e, z, z, -e], -1)], 1)
+
+
+def two_body_final_state(u: Tensor, shat: Tensor, m1: Any, m2: Any) -> tuple[Tensor, Tensor]:
+    """Two particles of masses m1, m2 (GeV) decaying isotropically from the partonic rest frame.
+
+    Arguments:
+        u: (N, 2) unit-hypercube angles. shat: (N,) GeV².
+
+    Returns:
+        p_out (N, 2, 4) GeV and the two-body phase-space weight (N,).
+    """
+    z = torch.zeros_like(shat)
+    parent = torch.stack([torch.sqrt(shat), z, z, z], -1)
+    p1, p2, w = two_body_decay(parent, m1, m2, u)
+    return torch.stack([p1, p2], 1), w

@@ -21,8 +21,13 @@ import torch
 from torch import Tensor
 
 from unfoldmem.physics import helas as h
-from unfoldmem.physics.phase_space import two_body_decay
-from unfoldmem.physics.process import Parameter, Process, ShatMapping, register_process
+from unfoldmem.physics.process import (
+    Parameter,
+    Process,
+    ShatMapping,
+    register_process,
+    two_body_final_state,
+)
 
 __all__ = ["TTbar", "gg_colour_sum", "gg_partial_amplitudes", "qq_amplitude", "TTBAR_CHANNELS"]
 
@@ -193,11 +198,9 @@ class TTbar(Process):
         self, u: Tensor, shat: Tensor, theta: Mapping[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
         """t t̄ isotropic in the partonic rest frame; u (N, 2), shat (N,) GeV² (zero below 4m_t²)."""
-        z = torch.zeros_like(shat)
-        parent = torch.stack([torch.sqrt(shat), z, z, z], -1)
         m_t = theta["m_t"]
-        p1, p2, w = two_body_decay(parent, m_t, m_t, u)
-        return torch.stack([p1, p2], 1), torch.where(shat > 4 * m_t**2, w, torch.zeros_like(w))
+        p_out, w = two_body_final_state(u, shat, m_t, m_t)
+        return p_out, torch.where(shat > 4 * m_t**2, w, torch.zeros_like(w))
 
     def shat_mapping(
         self, theta: Mapping[str, Tensor], cuts: Mapping[str, float] | None = None

@@ -11,13 +11,17 @@ import math
 from collections.abc import Mapping
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from unfoldmem.physics import helas as h
 from unfoldmem.physics.couplings import EW_DEFAULTS, NC, ckm
-from unfoldmem.physics.phase_space import two_body_decay
-from unfoldmem.physics.process import Parameter, Process, ShatMapping, register_process
+from unfoldmem.physics.process import (
+    Parameter,
+    Process,
+    ShatMapping,
+    register_process,
+    two_body_final_state,
+)
 
 __all__ = ["WLepNu"]
 
@@ -82,10 +86,7 @@ class WLepNu(Process):
         self, u: Tensor, shat: Tensor, theta: Mapping[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
         """μ⁺ν isotropic in the partonic rest frame; u (N, 2), shat (N,) GeV²."""
-        z = torch.zeros_like(shat)
-        parent = torch.stack([torch.sqrt(shat), z, z, z], -1)
-        p1, p2, w = two_body_decay(parent, 0.0, 0.0, u)
-        return torch.stack([p1, p2], 1), w
+        return two_body_final_state(u, shat, 0.0, 0.0)
 
     def shat_mapping(
         self, theta: Mapping[str, Tensor], cuts: Mapping[str, float] | None = None
