@@ -16,12 +16,13 @@ from scipy import stats
 from unfoldmem.cards import load_card
 from unfoldmem.cards.detector import DetectorCard
 from unfoldmem.errors import CardError
-from unfoldmem.physics.lorentz import from_ptetaphim
+from unfoldmem.physics.lorentz import from_ptetaphim, to_ptetaphim
 from unfoldmem.simulate.detector import (
     REASONS,
     ParametricDetector,
     partons_to_tensors,
 )
+from unfoldmem.simulate.detector_kernel import normals, uniforms
 
 CARDS = Path(__file__).resolve().parents[2] / "cards" / "detectors"
 DET = ParametricDetector(load_card(CARDS / "default.yaml"))
@@ -322,3 +323,82 @@ def test_extreme_kinematics_never_nan(reco: list[float], parton: list[float], pd
         out = DET.simulate(p.expand(3, 1, 4), torch.full((3, 1), pdg), torch.Generator().manual_seed(0))
         for t in (out.jets.pt, out.jets.eta, out.muons.pt, out.electrons.pt, out.met_pt):
             assert not torch.isnan(t).any()
+
+
+def test_kernel_random_streams_are_standard() -> None:
+    """The kernel's per-event streams: uniforms U[0, 1) and ziggurat normals N(0, 1), also in the
+    tail beyond the ziggurat's base r = 3.654, and the first draws of different events are
+    independent.
+
+    Reference: scipy.stats (KS tests, normal tail probabilities), 4σ binomial tolerances.
+    """
+    key = np.uint64(0x1234_5678_9ABC_DEF0)
+    z = normals(key, 3, 400_000)
+    assert stats.kstest(z[:200_000], "norm").pvalue > 1e-3
+    assert abs(z.mean()) < 4 / math.sqrt(len(z)) and abs(z.var() - 1) < 4 * math.sqrt(2 / len(z))
+    for cut in (1.0, 3.6541528853610088, 4.5):
+        p = 2 * stats.norm.sf(cut)
+        k = int((np.abs(z) > cut).sum())
+        assert abs(k - len(z) * p) < 4 * math.sqrt(len(z) * p * (1 - p)) + 1, cut
+    u = uniforms(key, 3, 200_000)
+    assert stats.kstest(u, "uniform").pvalue > 1e-3 and 0 <= u.min() and u.max() < 1
+    first = np.array([[normals(key, i, 1)[0], uniforms(key, i, 1)[0]] for i in range(10_000)])
+    assert stats.kstest(first[:, 0], "norm").pvalue > 1e-3
+    assert stats.kstest(first[:, 1], "uniform").pvalue > 1e-3
+    pairs = np.array([normals(key, i, 2) for i in range(10_000)])
+    assert abs(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]) < 4 / math.sqrt(len(pairs))
+
+
+def test_zero_resolution_detector_returns_lorentz_kinematics() -> None:
+    """With every resolution 0 and efficiencies 1, each reco object is its parton: pt, η, φ, m
+    from unfoldmem.physics.lorentz, charge −sign(pdg), MET = Σ neutrino pT.
+
+    Reference: unfoldmem.physics.lorentz conversions of the input partons.
+    """
+    zero2 = [0.0, 0.0]
+    card = DetectorCard.model_validate({
+        "jets": {"resolution": {"a": zero2, "b": zero2, "c": zero2}, "sigma_eta": zero2,
+                 "sigma_phi": zero2, "efficiency": [1.0, 1.0]},
+        "muons": {"mass": 0.1056583755, "resolution": {"a": zero2, "b": zero2},
+                  "sigma_eta": zero2, "sigma_phi": zero2, "efficiency": [1.0, 1.0]},
+        "met": {"noise": 0.0, "noise_sumet": 0.0}, "isr": {"distribution": "none"}})
+    det = ParametricDetector(card)
+    g = torch.Generator().manual_seed(4)
+    n = 500
+    v = torch.stack([30 + 100 * torch.rand(n, 3, generator=g, dtype=torch.float64),
+                     4 * torch.rand(n, 3, generator=g, dtype=torch.float64) - 2,
+                     (2 * torch.rand(n, 3, generator=g, dtype=torch.float64) - 1) * math.pi,
+                     torch.tensor([4.7, 0.0, 0.0], dtype=torch.float64).expand(n, 3)], -1)
+    p = from_ptetaphim(v)
+    pdg = torch.tensor([5, -13, 14]).expand(n, 3)
+    out = det.simulate(p, pdg, g)
+    assert out.jets.pt.shape == (n, 1) and out.muons.pt.shape == (n, 1)  # widths: 1 jet, 1 μ
+    ref = to_ptetaphim(p)
+    for block, k in ((out.jets, 0), (out.muons, 1)):
+        inside = ref[:, k, 1].abs() < 2.5
+        assert torch.equal(block.mask[:, 0], inside) and torch.all(block.parton_index[inside, 0] == k)
+        got = torch.stack([block.pt, block.eta, block.phi], -1)[inside, 0]
+        assert torch.allclose(got, ref[inside, k, :3], rtol=1e-7, atol=1e-7)  # σ floor 1e-9
+    assert torch.allclose(out.jets.mass[out.jets.mask], ref[:, 0, 3][out.jets.mask[:, 0]], rtol=1e-7)
+    assert torch.all(out.muons.tag[out.muons.mask] == 1.0)
+    met = torch.stack([out.met_pt * torch.cos(out.met_phi), out.met_pt * torch.sin(out.met_phi)], -1)
+    assert torch.allclose(met, p[:, 2, 1:3], rtol=1e-7, atol=1e-7)
+
+
+def test_output_independent_of_thread_count() -> None:
+    """Events draw from per-event streams: 1 or 2 threads give bit-identical output."""
+    n = 50_000
+    p = _parton(60.0, 0.5, 1.0, 4.7).expand(n, 1, 4)
+    pdg = torch.full((n, 1), 5)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for k in (1, 2):
+            torch.set_num_threads(k)
+            outs.append(DET.simulate(p, pdg, torch.Generator().manual_seed(9)))
+    finally:
+        torch.set_num_threads(threads)
+    a, b = outs
+    for x, y in ((a.jets.pt, b.jets.pt), (a.jets.tag, b.jets.tag), (a.met_pt, b.met_pt),
+                 (a.jets.parton_index, b.jets.parton_index), (a.n_isr, b.n_isr)):
+        assert torch.equal(x, y)

@@ -8,7 +8,6 @@ docs/simulation.md for the formulas, the variables and the Jacobians.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import awkward as ak
 import numpy as np
@@ -17,6 +16,20 @@ from torch import Tensor
 
 from unfoldmem.cards.detector import DetectorCard
 from unfoldmem.physics import lorentz
+from unfoldmem.simulate.detector_kernel import simulate_arrays
+from unfoldmem.simulate.detector_objects import (
+    KIND_ELECTRON,
+    KIND_INVISIBLE,
+    KIND_JET,
+    KIND_MUON,
+    KIND_NONE,
+    REASONS,
+    DetectorOutput,
+    ObjectBlock,
+    object_kind,
+    partons_to_tensors,
+)
+from unfoldmem.simulate.detector_tables import SIGMA_FLOOR, detector_tables
 
 __all__ = [
     "KIND_ELECTRON",
@@ -32,38 +45,9 @@ __all__ = [
     "partons_to_tensors",
 ]
 
-KIND_NONE, KIND_JET, KIND_MUON, KIND_ELECTRON, KIND_INVISIBLE = 0, 1, 2, 3, 4
-
-#: Reason codes returned with ``log_density(..., with_reason=True)`` (0 means finite).
-REASONS = {
-    0: "ok",
-    1: "reco values outside the acceptance (pt <= pt_min or |eta| >= eta_max)",
-    2: "degenerate parton (E <= 0, pt = 0, |p| > E or E > 1e100 GeV): nothing to smear around",
-    3: "parton type is not reconstructed as an object (neutrino, top, W, padding)",
-    4: "non-finite input (NaN or inf in reco or parton values)",
-    5: "zero probability (efficiency or b-tag probability is 0 for this object)",
-}
-
 _LOG_2PI = math.log(2 * math.pi)
-_SIGMA_FLOOR = 1e-9  # resolutions of 0 are clamped so densities stay finite (a near-delta)
 _ETA_CLAMP = 50.0  # cosh/sinh of smeared eta are evaluated inside this; acceptance is far below
-_BLOCK = 16_384  # events per block in simulate()
 _E_MAX = 1e100  # GeV; partons above are degenerate (reason 2): their squares would overflow
-
-
-def object_kind(pdg: Tensor) -> Tensor:
-    """Object type of each parton from its PDG id: jet (q, g, τ, γ), muon, electron, invisible (ν).
-
-    Tops, W, Z, H and padding (id 0) are :data:`KIND_NONE` (intermediate or absent).
-    (...) int -> (...) int8 of KIND_* values.
-    """
-    a = pdg.abs()
-    kind = torch.zeros(a.shape, dtype=torch.int8, device=a.device)
-    kind[((a >= 1) & (a <= 5)) | (a == 21) | (a == 15) | (a == 22)] = KIND_JET
-    kind[a == 13] = KIND_MUON
-    kind[a == 11] = KIND_ELECTRON
-    kind[(a == 12) | (a == 14) | (a == 16)] = KIND_INVISIBLE
-    return kind
 
 
 def _log_normal(x: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
@@ -77,117 +61,6 @@ def _log_wrapped_normal(dphi: Tensor, sigma: Tensor) -> Tensor:
     k = torch.arange(-2, 3, dtype=d.dtype, device=d.device) * (2 * math.pi)
     z = (d.unsqueeze(-1) + k) / sigma.unsqueeze(-1)
     return torch.logsumexp(-0.5 * z * z, -1) - torch.log(sigma) - 0.5 * _LOG_2PI
-
-
-def _wrap(phi: Tensor) -> Tensor:
-    return torch.remainder(phi + math.pi, 2 * math.pi) - math.pi
-
-
-def _table(edges: list[float], *columns: list[float]) -> tuple[Tensor, Tensor]:
-    inner = torch.tensor(edges[1:-1], dtype=torch.float64)
-    return inner, torch.tensor(list(zip(*columns, strict=True)), dtype=torch.float64)
-
-
-@dataclass
-class ObjectBlock:
-    """One object collection, padded to a common length and sorted by pt (descending).
-
-    Arguments:
-        pt, eta, phi, mass: (n, k) GeV, -, rad, GeV (0 in padding).
-        tag: (n, k) b-tag 0/1 for jets, charge ±1 for leptons.
-        parton_index: (n, k) int64 index of the source parton in the input, -1 for ISR/padding.
-        mask: (n, k) bool, True for real objects (the first ``count`` entries of each row).
-    """
-
-    pt: Tensor
-    eta: Tensor
-    phi: Tensor
-    mass: Tensor
-    tag: Tensor
-    parton_index: Tensor
-    mask: Tensor
-
-    @property
-    def count(self) -> Tensor:
-        """(n,) number of objects per event."""
-        return self.mask.sum(-1)
-
-    def to_awkward(self, tag_name: str) -> ak.Array:
-        """Jagged records {pt, eta, phi, mass, <tag_name>, parton_index} (numpy-backed)."""
-        counts = self.count.numpy()
-        m = self.mask
-        cols = {
-            "pt": self.pt[m], "eta": self.eta[m], "phi": self.phi[m], "mass": self.mass[m],
-            tag_name: self.tag[m], "parton_index": self.parton_index[m],
-        }
-        return ak.unflatten(ak.zip({k: v.numpy() for k, v in cols.items()}), counts)
-
-
-def _sorted_block(fields: list[Tensor], parton_index: Tensor, mask: Tensor) -> ObjectBlock:
-    g, pidx, msk = _sorted_stack(torch.stack(fields), parton_index, mask)
-    return ObjectBlock(*g.unbind(0), parton_index=pidx, mask=msk)
-
-
-def _sorted_stack(fields: Tensor, parton_index: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Sort (F, ..., k) stacked fields by the first one (descending, masked last) in one gather;
-    returns the sorted fields (F, ..., k), parton indices (-1 where masked) and the mask."""
-    key = torch.where(mask, fields[0], -1.0)
-    order = torch.argsort(key, dim=-1, descending=True, stable=True)
-    msk = torch.gather(mask, -1, order)
-    g = torch.where(msk, torch.gather(fields, -1, order.expand_as(fields)), 0.0)
-    pidx = torch.where(msk, torch.gather(parton_index, -1, order), -1)
-    return g, pidx, msk
-
-
-@dataclass
-class DetectorOutput:
-    """Reconstructed events from :meth:`ParametricDetector.simulate` (n events).
-
-    Arguments:
-        jets, muons, electrons: :class:`ObjectBlock` collections (pt-sorted).
-        met_pt, met_phi: (n,) missing transverse momentum, GeV and rad.
-        met_mean: (n, 2) expected (MET_x, MET_y) given partons and reco objects, GeV.
-        met_sigma: (n,) Gaussian noise per MET component, GeV.
-        n_isr: (n,) number of ISR jets added.
-        passed: (n,) bool, at least one object was reconstructed.
-    """
-
-    jets: ObjectBlock
-    muons: ObjectBlock
-    electrons: ObjectBlock
-    met_pt: Tensor
-    met_phi: Tensor
-    met_mean: Tensor
-    met_sigma: Tensor
-    n_isr: Tensor
-    passed: Tensor
-
-    def to_awkward(self) -> ak.Array:
-        """Records with ``jets``, ``muons``, ``electrons``, ``met`` (CONTRACTS.md layout)."""
-        return ak.zip(
-            {
-                "jets": self.jets.to_awkward("btag"),
-                "muons": self.muons.to_awkward("charge"),
-                "electrons": self.electrons.to_awkward("charge"),
-                "met": ak.zip({"pt": self.met_pt.numpy(), "phi": self.met_phi.numpy()}),
-            },
-            depth_limit=1,
-        )
-
-
-def partons_to_tensors(partons: ak.Array) -> tuple[Tensor, Tensor]:
-    """Parton records (``.partons.{E,px,py,pz,pdgId}``) -> momenta (n, P, 4) GeV, pdg (n, P).
-
-    Events with fewer partons are padded with zero vectors and pdg 0 (:data:`KIND_NONE`).
-    """
-    p = partons.partons
-    width = int(ak.max(ak.num(p, axis=1), initial=0))
-    cols = [
-        ak.to_numpy(ak.fill_none(ak.pad_none(p[k], width, axis=1, clip=True), 0))
-        for k in ("E", "px", "py", "pz", "pdgId")
-    ]
-    mom = torch.from_numpy(np.stack(cols[:4], axis=-1).astype(np.float64))
-    return mom, torch.from_numpy(cols[4].astype(np.int64))
 
 
 class ParametricDetector:
@@ -216,60 +89,15 @@ class ParametricDetector:
 
     def __init__(self, card: DetectorCard) -> None:
         self.card = card
-        j, mu, el, bt = card.jets, card.muons, card.electrons, card.btag
-        edges = sorted({*j.eta_edges, *mu.eta_edges, *el.eta_edges, *bt.eta_edges} - {0.0})
-        self._edges = torch.tensor(edges[:-1], dtype=torch.float64)
-        mids = [*(0.5 * (lo + hi) for lo, hi in zip([0.0, *edges[:-1]], edges, strict=True))]
-
-        def region(eds: list[float]) -> list[int]:
-            return torch.bucketize(torch.tensor(mids), torch.tensor(eds[1:-1])).tolist()
-
-        # Rows: kind * n_fine + fine |eta| bin. Columns: A, B, C, D of
-        # sigma^2 = A X + B + C X^2 + D X^4 (X = E for jets, pt for leptons), s_eta, s_phi, eff.
-        n_fine = len(mids)
-        tab = torch.zeros(5 * n_fine, 7, dtype=torch.float64)
-        for i, r in enumerate(region(j.eta_edges)):
-            res = j.resolution
-            tab[KIND_JET * n_fine + i] = torch.tensor(
-                [res.a[r] ** 2, res.b[r] ** 2, res.c[r] ** 2, 0.0,
-                 j.sigma_eta[r], j.sigma_phi[r], j.efficiency[r]])
-        for kind, c in ((KIND_MUON, mu), (KIND_ELECTRON, el)):
-            for i, r in enumerate(region(c.eta_edges)):
-                res = c.resolution
-                tab[kind * n_fine + i] = torch.tensor(
-                    [0.0, 0.0, res.a[r] ** 2, res.b[r] ** 2,
-                     c.sigma_eta[r], c.sigma_phi[r], c.efficiency[r]])
-        tab[:, 4:6] = tab[:, 4:6].clamp(min=_SIGMA_FLOOR)
-        self._n_fine = n_fine
-        self._tab = tab
-        # b-tag rows: flavour (0 light, 1 c, 2 b) * n_fine + fine bin.
-        rb = region(bt.eta_edges)
-        self._btag = torch.tensor(
-            [v[r] for v in (bt.mistag_light, bt.mistag_c, bt.efficiency) for r in rb],
-            dtype=torch.float64)
-        inf = math.inf
-        self._pt_min = torch.tensor([inf, j.pt_min, mu.pt_min, el.pt_min, inf]).double()
-        self._eta_max = torch.tensor([0.0, j.eta_max, mu.eta_max, el.eta_max, 0.0]).double()
-        self._lep_mass = torch.tensor([0.0, 0.0, mu.mass, el.mass, 0.0]).double()
-        lut = torch.zeros(26, dtype=torch.int64)
-        lut[[1, 2, 3, 4, 5, 15, 21, 22]] = KIND_JET
-        lut[13], lut[11] = KIND_MUON, KIND_ELECTRON
-        lut[[12, 14, 16]] = KIND_INVISIBLE
-        self._kind_lut = lut
-        flav = torch.zeros(26, dtype=torch.int64)
-        flav[4], flav[5] = 1, 2
-        self._flav_lut = flav
-
-        isr = card.isr
-        k = torch.arange(isr.max_jets + 1, dtype=torch.float64)
-        if isr.distribution == "none" or isr.mean == 0:
-            pk = (k == 0).double()
-        elif isr.distribution == "poisson":
-            pk = torch.exp(k * math.log(isr.mean) - isr.mean - torch.lgamma(k + 1))
-        else:
-            pk = (isr.mean / (1 + isr.mean)) ** k
+        t = detector_tables(card)
+        self._tables = t
+        # torch views of the tables for the densities (see DetectorTables for the layout)
+        self._tab, self._edges, self._btag = (torch.from_numpy(a) for a in (t.tab, t.edges, t.btag))
+        self._n_fine = t.n_fine
+        self._pt_min, self._eta_max = torch.from_numpy(t.pt_min), torch.from_numpy(t.eta_max)
+        self._kind_lut, self._flav_lut = torch.from_numpy(t.kind_lut), torch.from_numpy(t.flav_lut)
         #: P(n_isr = k), k = 0..max_jets (the card's law truncated and renormalised).
-        self.isr_probs = pk / pk.sum()
+        self.isr_probs = torch.from_numpy(t.isr_probs)
 
     # ---- per-parton parameters shared by sampling and densities -------------------------------
 
@@ -286,7 +114,7 @@ class ParametricDetector:
         e_safe = torch.where(good, energy, 1.0)
         x = torch.where(jet, e_safe, torch.where(good, pt, 1.0))
         x2 = x * x
-        sigma = torch.sqrt(x * ca + cb + x2 * (cc + cd * x2)).clamp(min=_SIGMA_FLOOR)
+        sigma = torch.sqrt(x * ca + cb + x2 * (cc + cd * x2)).clamp(min=SIGMA_FLOOR)
         beta = torch.where(good, pabs / e_safe, 1.0).clamp(max=1.0)
         tag_p = self._btag[self._flav_lut[torch.where(a < 26, a, 0)] * self._n_fine + fine]
         return {"kind": kind, "jet": jet, "x": x, "sigma": sigma, "beta": beta, "E": e_safe,
@@ -300,28 +128,27 @@ class ParametricDetector:
     def simulate(self, momenta: Tensor, pdg: Tensor, generator: torch.Generator) -> DetectorOutput:
         """Reconstruct events from their final-state partons.
 
-        Random numbers are drawn in float32 (ample for smearing, five times faster) in a fixed
-        order, block by block of 16384 events, so the same generator state gives the same
-        events.
+        One 64-bit key is drawn from ``generator`` per call; event i then draws from its own
+        counter-based stream (key, i) (:mod:`~unfoldmem.simulate.detector_rng`), so the same
+        generator state gives the same events for any number of threads
+        (``torch.get_num_threads()`` are used).
 
         Arguments:
             momenta: (n, P, 4) float64 (E, px, py, pz), GeV.
             pdg: (n, P) PDG ids (0 = padding; tops, W, Z are skipped, neutrinos enter MET).
-            generator: the torch.Generator all random numbers come from (seeded by the caller).
+            generator: the torch.Generator the key comes from (seeded by the caller).
 
         Returns:
             :class:`DetectorOutput`, jets/leptons sorted by pt, ``parton_index`` into P.
         """
-        p = momenta.to(torch.float64)
-        # Blocks keep the temporaries in cache: 3-10x faster than one pass over 10^6 events.
-        parts = [self._simulate(p[i:i + _BLOCK], pdg[i:i + _BLOCK], generator)
-                 for i in range(0, pdg.shape[0], _BLOCK)]
-        if not parts:
-            parts = [self._simulate(p, pdg, generator)]
-        cols = parts[0] if len(parts) == 1 else [
-            torch.cat(c, 1 if i in (0, 3, 6) else 0)  # stacked fields are (5, n, k)
-            for i, c in enumerate(zip(*parts, strict=True))
-        ]
+        hi, lo = torch.randint(0, 2**32, (2,), generator=generator, dtype=torch.int64).tolist()
+        mom = np.ascontiguousarray(momenta.detach().to(torch.float64).cpu().numpy())
+        ids = np.ascontiguousarray(pdg.detach().to(torch.int64).cpu().numpy())
+        if mom.shape != (*ids.shape, 4):
+            msg = f"momenta {tuple(mom.shape)} and pdg {tuple(ids.shape)}: expected (n, P, 4), (n, P)"
+            raise ValueError(msg)
+        cols = [torch.from_numpy(a) for a in simulate_arrays(
+            mom, ids, self._tables, (hi << 32) | lo, torch.get_num_threads())]
         blocks = [ObjectBlock(*cols[i].unbind(0), parton_index=cols[i + 1], mask=cols[i + 2])
                   for i in (0, 3, 6)]
         return DetectorOutput(*blocks, *cols[9:])
@@ -337,71 +164,6 @@ class ParametricDetector:
             if key in partons.fields:
                 rec = ak.with_field(rec, partons[key], key)
         return rec
-
-    def _simulate(self, p: Tensor, pdg: Tensor, generator: torch.Generator) -> list[Tensor]:
-        """One block: [jets (5, n, k), jet parton_index, jet mask, the same for muons and
-        electrons, met_pt, met_phi, met_mean, met_sigma, n_isr, passed]."""
-        n, n_p = pdg.shape
-        q = self._params(p, pdg)
-        kind, jet = q["kind"], q["jet"]
-        z = torch.randn(3, n, n_p, generator=generator).double()
-        u = torch.rand(2, n, n_p, generator=generator).double()
-        x_r = q["x"] + q["sigma"] * z[0]
-        eta_r = q["eta"] + q["s_eta"] * z[1]
-        phi_r = _wrap(q["phi"] + q["s_phi"] * z[2])
-        ch = torch.cosh(eta_r.clamp(-_ETA_CLAMP, _ETA_CLAMP))
-        pt_r = torch.where(jet, x_r * q["beta"] / ch, x_r)
-        ok = q["good"] & (pt_r > q["pt_min"]) & (eta_r.abs() < q["eta_max"]) & (u[0] < q["eff"])
-        # = lorentz.mass(p).clamp(min=0), without its spacelike branch
-        mass_r = torch.where(jet, torch.sqrt(lorentz.mass2(p).clamp(min=0)) * x_r / q["E"],
-                             self._lep_mass[kind])
-        tag = torch.where(jet, (u[1] < q["tag_p"]).double(), -torch.sign(pdg).double())
-
-        # MET: neutrinos, plus the mismeasurement of each detected object; lost ones unclustered.
-        w = ok.double() + (kind == KIND_INVISIBLE).double()
-        pt_ok = torch.where(ok, pt_r, 0.0)
-        mean = torch.stack([(p[..., 1] * w - pt_ok * torch.cos(phi_r)).sum(-1),
-                            (p[..., 2] * w - pt_ok * torch.sin(phi_r)).sum(-1)], -1)
-        vis = (kind >= KIND_JET) & (kind <= KIND_ELECTRON)
-        sum_pt = torch.where(vis, q["pt"], 0.0).sum(-1)
-        m = self.card.met
-        sigma = torch.sqrt(m.noise**2 + m.noise_sumet**2 * sum_pt).clamp(min=_SIGMA_FLOOR)
-        met = mean + sigma.unsqueeze(-1) * torch.randn(n, 2, generator=generator).double()
-        met4 = torch.cat([met.norm(dim=-1, keepdim=True), met, torch.zeros(n, 1).double()], -1)
-
-        fields = torch.stack([pt_r, eta_r, phi_r, mass_r, tag])
-        pidx = torch.arange(n_p).expand(n, n_p)
-        isr_fields, isr_mask = self._isr_stacked(n, generator)
-        jets = _sorted_stack(
-            torch.cat([fields, isr_fields], -1),
-            torch.cat([pidx, torch.full(isr_mask.shape, -1)], -1),
-            torch.cat([ok & jet, isr_mask], -1),
-        )
-        # muons and electrons in one sort: (2, 5, n, P) fields, (2, n, P) masks
-        lep_mask = ok & torch.stack([kind == KIND_MUON, kind == KIND_ELECTRON])
-        lep = _sorted_stack(fields.expand(2, *fields.shape).transpose(0, 1),
-                            pidx.expand(2, n, n_p), lep_mask)
-        muons = [lep[0][:, 0], lep[1][0], lep[2][0]]
-        electrons = [lep[0][:, 1], lep[1][1], lep[2][1]]
-        count = jets[2].sum(-1) + lep[2].sum((0, 2))
-        return [*jets, *muons, *electrons,
-                lorentz.pt(met4), lorentz.phi(met4), mean, sigma, isr_mask.sum(-1), count > 0]
-
-    def _isr_stacked(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """ISR jets: fields (5, n, kmax) (pt, eta, phi, mass, tag) zero where masked, mask."""
-        c = self.card.isr
-        kmax = self.isr_probs.numel() - 1
-        u = torch.rand(n, generator=generator).double()
-        n_isr = torch.searchsorted(torch.cumsum(self.isr_probs, 0), u, right=True).clamp(max=kmax)
-        mask = torch.arange(kmax).expand(n, kmax) < n_isr.unsqueeze(-1)
-        r = torch.rand(4, n, kmax, generator=generator).double()
-        pt = c.pt_min * (1 - r[0]).clamp(min=1e-12) ** (-1.0 / (c.index - 1))
-        eta = (2 * r[1] - 1) * c.eta_max
-        phi = (2 * r[2] - 1) * math.pi
-        mistag = self._btag[torch.bucketize(eta.abs(), self._edges)]  # light rows come first
-        tag = (r[3] < mistag).double()
-        fields = torch.stack([pt, eta, phi, torch.zeros_like(pt), tag])
-        return torch.where(mask, fields, 0.0), mask
 
     # ---- exact densities -----------------------------------------------------------------------
 
