@@ -89,6 +89,47 @@ def errors(data: dict[str, np.ndarray], u: dict[str, float]) -> tuple[float, flo
     return s_mean, s_std
 
 
+def run_ensemble(
+    data: dict[str, np.ndarray], sim: dict[str, np.ndarray], w: np.ndarray | None, n: int = 4
+) -> dict[str, Any]:
+    """Mean weights of ``n`` OmniFold runs with different classifier seeds, and the training
+    error of the unfolded mean and width: the members' spread / √n.
+
+    The classifier's own noise is as large as the statistical errors at these sample sizes
+    (unfolded mean: seed-to-seed spread 0.007 with 40k simulated events, 0.02 with 20k), so a
+    closure that leaves it out fails at the 2σ level (it did, at 2.4σ and 2.5σ).
+    """
+    rep = omnifold_replicas(
+        EventFeatures(torch.from_numpy(data["r"][data["rr"]])),
+        EventFeatures(torch.from_numpy(sim["r"])),
+        EventFeatures(torch.from_numpy(sim["t"])),
+        n_ensemble=n,
+        sim_weights=None if w is None else torch.from_numpy(w),
+        pass_reco=torch.from_numpy(sim["rr"]),
+        pass_gen=torch.from_numpy(sim["g"]),
+        config=OmniFoldConfig(iterations=3, classifier=CLF),
+    )
+    g = sim["g"]
+    members = [weighted_mean_std(sim["t"][g], wk.numpy()[g]) for wk in rep["ensemble"]]
+    u = weighted_mean_std(sim["t"][g], rep["ensemble"].mean(0).numpy()[g])
+    for key in ("mean", "std"):
+        u[f"{key}_train"] = float(np.std([m[key] for m in members], ddof=1)) / math.sqrt(n)
+    assert all(r.diverged == [] for r in rep["results"])
+    return u
+
+
+def assert_closes_ensemble(
+    u: dict[str, float], data: dict[str, np.ndarray], cuts: bool, n_sigma: float = 3.0
+) -> None:
+    """Unfolded mean and width within ``n_sigma`` of the analytic truth, the error being the
+    data's and the simulation's statistics ⊕ the training error of the ensemble mean."""
+    mu, sig = reference(cuts)
+    e_mean, e_std = errors(data, u)
+    e_mean, e_std = math.hypot(e_mean, u["mean_train"]), math.hypot(e_std, u["std_train"])
+    assert abs(u["mean"] - mu) < n_sigma * e_mean, (u, mu, e_mean)
+    assert abs(u["std"] - sig) < n_sigma * e_std, (u, sig, e_std)
+
+
 def assert_closes(
     res: Any, data: dict[str, np.ndarray], sim: dict[str, np.ndarray], cuts: bool
 ) -> None:
@@ -133,19 +174,25 @@ def test_gaussian_toy_closes_with_misses_and_fakes() -> None:
 
 @pytest.mark.slow
 def test_weighted_sample_matches_unweighted() -> None:
-    """Half the simulation removed at random, the rest weighted 2: same answer within errors."""
+    """Half the simulation removed at random, the rest weighted 2: same answer within errors.
+
+    Both close on the analytic truth within 3σ (statistics ⊕ ensemble training error); their
+    difference, which shares the data, is within 3σ of the simulation and training errors.
+    """
     data, sim = toy(20000, MU_T, SIG_T, 21, False), toy(40000, MU_S, SIG_S, 22, False)
     keep = np.random.default_rng(5).uniform(size=sim["t"].size) < 0.5
     half = {k: v[keep] for k, v in sim.items()}
-    full = unfolded(run(data, sim), sim)
-    res = run(data, half, np.full(int(keep.sum()), 2.0))
-    assert_closes(res, data, half, cuts=False)
-    part = unfolded(res, half)
-    # the two share the data, so the difference is bounded by the simulation errors (2σ each)
-    assert (
-        abs(part["mean"] - full["mean"]) < 2 * math.hypot(part["mean_err"], full["mean_err"]) + 0.01
-    )
-    assert abs(part["std"] - full["std"]) < 2 * math.hypot(part["std_err"], full["std_err"]) + 0.01
+    full = run_ensemble(data, sim, None)
+    part = run_ensemble(data, half, np.full(int(keep.sum()), 2.0))
+    assert_closes_ensemble(full, data, cuts=False)
+    assert_closes_ensemble(part, data, cuts=False)
+    for key in ("mean", "std"):
+        err = math.hypot(
+            part[f"{key}_err"], full[f"{key}_err"], part[f"{key}_train"], full[f"{key}_train"]
+        )
+        assert abs(part[key] - full[key]) < 3 * err, (key, part, full)
+    # the weight-2 simulation has half the events: its own error is larger by ≈ √2
+    assert 1.2 < part["mean_err"] / full["mean_err"] < 1.7
 
 
 @pytest.mark.slow
@@ -158,11 +205,9 @@ def test_ten_percent_negative_weights_close() -> None:
     w = np.concatenate([np.ones(40000), np.ones(4000), -np.ones(4000)])
     assert (w < 0).mean() == pytest.approx(4000 / 48000)
     res = run(data, mix, w)
-    mu, sig = reference(False)
-    u = unfolded(res, mix)
-    e_mean, e_std = errors(data, u)
-    assert abs(u["mean"] - mu) < 2 * e_mean and abs(u["std"] - sig) < 2 * e_std, u
     assert res.diagnostics[-1]["push"]["negative_fraction"] > 0.05  # reported, not hidden
+    # closure within 3σ of statistics ⊕ the training error of a 4-seed ensemble
+    assert_closes_ensemble(run_ensemble(data, mix, w), data, cuts=False)
 
 
 @pytest.mark.slow

@@ -1,4 +1,24 @@
-r"""Maximum-likelihood fits of θ: torch-autograd gradients, iminuit MIGRAD + HESSE + MINOS."""
+r"""Maximum-likelihood fits of θ: torch-autograd gradients, iminuit MIGRAD + HESSE + MINOS.
+
+Weighted events: the estimate maximises :math:`\ln L = \sum_i w_i \log P(x_i|\theta)`. When
+the weights are Monte-Carlo (sampling) weights, the inverse Hessian :math:`H^{-1}` of
+:math:`-\ln L` is *not* the covariance of the estimate (half the events with weight 2 give the
+full sample's curvature, so it understates the error by √2). The asymptotically correct
+covariance is the sandwich
+
+.. math:: V = H^{-1} \Big(\sum_i w_i^2\, s_i s_i^{\mathsf T}\Big) H^{-1},
+    \qquad s_i = \partial_\theta \log P(x_i|\theta)\big|_{\hat\theta},
+
+which for unit weights tends to :math:`H^{-1}` (Bartlett identity) and stays right with
+negative weights. Objectives made by :func:`callable_objective` and :func:`grid_objective` use it
+whenever a weight differs from 1 (``weight_errors="auto"``); ``"hesse"`` keeps :math:`H^{-1}`,
+which is right when a weight counts identical copies of an event (a Poisson bootstrap).
+
+References:
+    C. Langenbruch, "Parameter uncertainties in weighted unbinned maximum likelihood fits",
+    Eur. Phys. J. C 82 (2022) 393, arXiv:1911.01303 (Eq. 18; the sandwich of
+    P. J. Huber, Proc. 5th Berkeley Symp. 1 (1967) 221).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +41,12 @@ __all__ = [
     "fit",
     "grid_objective",
     "per_event_grid_function",
+    "sandwich_covariance",
+    "WEIGHT_ERRORS",
 ]
+
+WEIGHT_ERRORS = ("auto", "sandwich", "hesse")
+"""How weighted fits get their covariance: see the module docstring."""
 
 PerEventFn = Callable[[Tensor], Tensor]
 """θ (P,) float64 → per-event log P(x_i|θ) (N,), differentiable in θ (the MEM's Python API)."""
@@ -31,11 +56,16 @@ PerEventFn = Callable[[Tensor], Tensor]
 class GridObjective:
     """Summed lnL(θ) interpolated on the grid (tensor-product not-a-knot spline); torch.
 
-    Calling it with θ (P,) returns the scalar lnL, differentiable in θ.
+    Calling it with θ (P,) returns the scalar lnL, differentiable in θ. ``per_event`` (the
+    per-event spline of the summed events) and ``weight`` (N,) are needed for
+    ``weight_errors="sandwich"`` only.
     """
 
     names: list[str]
     interp: GridInterpolator
+    per_event: GridInterpolator | None = None
+    weight: Tensor | None = None
+    weight_errors: str = "hesse"
 
     def __call__(self, theta: Tensor) -> Tensor:
         return self.interp(theta)
@@ -54,6 +84,7 @@ class CallableObjective:
     fn: PerEventFn
     weight: Tensor
     limits: list[tuple[float, float]] | None = None
+    weight_errors: str = "hesse"
 
     def __call__(self, theta: Tensor) -> Tensor:
         return (self.weight * self.fn(theta)).sum()
@@ -64,21 +95,39 @@ class CallableObjective:
         return self.limits
 
 
+def _resolve(weight_errors: str, weight: Tensor) -> str:
+    if weight_errors not in WEIGHT_ERRORS:
+        msg = f"weight_errors must be one of {WEIGHT_ERRORS}, got {weight_errors!r}"
+        raise ValueError(msg)
+    if weight_errors == "auto":
+        return "hesse" if bool((weight == 1).all()) else "sandwich"
+    return weight_errors
+
+
 def grid_objective(
-    lik: PerEventLikelihoods, weight: Tensor | None = None, **sum_kwargs: Any
+    lik: PerEventLikelihoods,
+    weight: Tensor | None = None,
+    weight_errors: str = "auto",
+    **sum_kwargs: Any,
 ) -> GridObjective:
     """The interpolated summed lnL of ``lik`` (good events), optionally with replaced weights.
 
     Arguments:
         lik: per-event likelihoods on a rectilinear grid.
         weight: (N,) weights replacing ``lik.weight`` (a bootstrap, say); None keeps them.
+        weight_errors: ``auto`` (sandwich covariance when a weight differs from 1),
+            ``sandwich`` or ``hesse`` (weights count identical events); see the module docstring.
         sum_kwargs: chunk_size / scheduler / workers for :func:`summed_log_likelihood`.
     """
     if weight is not None:
         lik = PerEventLikelihoods(**{**lik.__dict__, "weight": weight})
     axes, index = grid_axes(lik.theta_grid)
     lnl, _ = summed_log_likelihood(lik, **sum_kwargs)
-    return GridObjective(lik.names, GridInterpolator(axes, lnl[torch.from_numpy(index)]))
+    ok = lik.ok()
+    mode = _resolve(weight_errors, ok.weight)
+    per = GridInterpolator(axes, ok.log_p[:, torch.from_numpy(index)]) if mode == "sandwich" else None
+    return GridObjective(lik.names, GridInterpolator(axes, lnl[torch.from_numpy(index)]), per,
+                         ok.weight, mode)
 
 
 def per_event_grid_function(lik: PerEventLikelihoods) -> PerEventFn:
@@ -93,24 +142,33 @@ def callable_objective(
     weight: Tensor | None = None,
     limits: list[tuple[float, float]] | None = None,
     n_events: int | None = None,
+    weight_errors: str = "auto",
 ) -> CallableObjective:
-    """Summed lnL from a per-event callable; ``weight`` (N,) defaults to ones (needs n_events)."""
+    """Summed lnL from a per-event callable; ``weight`` (N,) defaults to ones (needs n_events).
+
+    ``weight_errors``: ``auto`` (sandwich covariance when a weight differs from 1), ``sandwich``
+    or ``hesse``; see the module docstring.
+    """
     if weight is None:
         if n_events is None:
             msg = "give weight or n_events"
             raise ValueError(msg)
         weight = torch.ones(n_events, dtype=torch.float64)
-    return CallableObjective(list(names), fn, torch.as_tensor(weight, dtype=torch.float64), limits)
+    w = torch.as_tensor(weight, dtype=torch.float64)
+    return CallableObjective(list(names), fn, w, limits, _resolve(weight_errors, w))
 
 
 @dataclass
 class FitResult:
     """A maximum-likelihood fit: estimate, uncertainties and correlations (θ units).
 
-    ``errors``: HESSE (√diag of the inverse Hessian of −lnL); ``covariance_autodiff``: the inverse
-    of the torch-autograd Hessian; ``minos[name][cl] = (lower, upper)`` signed profile-likelihood
-    errors (lower < 0), ``None`` where MINOS failed or the bound was hit. ``valid`` is false when
-    MIGRAD failed or the estimate sits on a grid edge.
+    ``errors``: HESSE (√diag of the inverse Hessian of −lnL), or for weighted events with
+    ``weight_errors="sandwich"`` √diag of the sandwich covariance (``extra["covariance_hesse"]``
+    then keeps the uncorrected one and ``extra["error_scale"]`` the per-parameter ratio);
+    ``covariance_autodiff``: the inverse of the torch-autograd Hessian (never corrected);
+    ``minos[name][cl] = (lower, upper)`` signed profile-likelihood errors (lower < 0, scaled by
+    ``error_scale`` for weighted events), ``None`` where MINOS failed or the bound was hit.
+    ``valid`` is false when MIGRAD failed or the estimate sits on a grid edge.
     """
 
     names: list[str]
@@ -176,6 +234,49 @@ def _correlation(cov: np.ndarray) -> np.ndarray:
     return cov / np.outer(d, d)
 
 
+def sandwich_covariance(
+    fn: PerEventFn, weight: Tensor, theta: Tensor | np.ndarray
+) -> np.ndarray:
+    r"""Covariance :math:`H^{-1} (\sum_i w_i^2 s_i s_i^{\mathsf T}) H^{-1}` of a weighted ML fit.
+
+    Arguments:
+        fn: θ (P,) → (N,) per-event log P(x_i|θ), differentiable (forward mode).
+        weight: (N,) event weights (any sign).
+        theta: (P,) the estimate.
+
+    Returns:
+        (P, P) float64; NaN where the Hessian of −lnL is singular.
+    """
+    theta = torch.as_tensor(np.asarray(theta, dtype=np.float64))
+    w = torch.as_tensor(weight, dtype=torch.float64)
+    with torch.no_grad():
+        s = torch.func.jacfwd(fn)(theta)  # (N, P) per-event scores
+    s = s.reshape(len(w), -1)
+    hess = torch.autograd.functional.hessian(lambda t: -(w * fn(t)).sum(), theta)
+    meat = (s * (w * w)[:, None]).T @ s
+    try:
+        hinv = torch.linalg.inv(hess)
+    except torch.linalg.LinAlgError:
+        return np.full((len(theta), len(theta)), np.nan)
+    return (hinv @ meat @ hinv).numpy()
+
+
+def _weighted(
+    objective: GridObjective | CallableObjective, x: np.ndarray, cov: np.ndarray
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The covariance to report, and what to record in ``FitResult.extra``."""
+    if objective.weight_errors != "sandwich":
+        return cov, {"weight_errors": "hesse"}
+    fn = objective.fn if isinstance(objective, CallableObjective) else objective.per_event
+    if fn is None or objective.weight is None:
+        msg = "weight_errors='sandwich' needs the per-event function and the weights"
+        raise ValueError(msg)
+    v = sandwich_covariance(fn, objective.weight, x)
+    scale = np.sqrt(np.diag(v) / np.diag(cov))
+    return v, {"weight_errors": "sandwich", "covariance_hesse": cov.tolist(),
+               "error_scale": scale.tolist()}
+
+
 def fit(
     objective: GridObjective | CallableObjective,
     start: dict[str, float] | None = None,
@@ -236,9 +337,16 @@ def fit(
     values = np.array(m.values, dtype=np.float64)
     cov = np.array(m.covariance, dtype=np.float64) if m.covariance is not None else np.full(
         (len(names), len(names)), np.nan)
+    cov, extra = _weighted(objective, values, cov)
+    if "error_scale" in extra:
+        # the weighted lnL has the right shape but the wrong width: rescale its MINOS ends
+        for j, n in enumerate(names):
+            f = extra["error_scale"][j]
+            minos[n] = {cl: (None if lo is None else lo * f, None if hi is None else hi * f)
+                        for cl, (lo, hi) in minos[n].items()}
     return FitResult(names, values, np.sqrt(np.diag(cov)), cov, _autodiff_cov(objective, values),
                      _correlation(cov), minos, float(m.fval), valid, "minuit", int(m.nfcn),
-                     {"at_limit": at_limit})
+                     {"at_limit": at_limit, **extra})
 
 
 def _fit_lbfgs(objective: GridObjective | CallableObjective, x0: np.ndarray) -> FitResult:
@@ -250,8 +358,9 @@ def _fit_lbfgs(objective: GridObjective | CallableObjective, x0: np.ndarray) -> 
     res = minimize(lambda p: (nll(p), grad(p)), x0, jac=True, method="L-BFGS-B",
                    bounds=objective.bounds, options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 500})
     x = np.asarray(res.x, dtype=np.float64)
-    cov = _autodiff_cov(objective, x)
-    valid = bool(res.success and np.all(np.isfinite(cov)) and np.all(np.diag(cov) > 0))
+    hinv = _autodiff_cov(objective, x)
+    valid = bool(res.success and np.all(np.isfinite(hinv)) and np.all(np.diag(hinv) > 0))
+    cov, extra = _weighted(objective, x, hinv) if valid else (hinv, {"weight_errors": "hesse"})
     names = objective.names
-    return FitResult(names, x, np.sqrt(np.abs(np.diag(cov))), cov, cov, _correlation(cov),
-                     {n: {} for n in names}, float(res.fun), valid, "lbfgs", int(res.nfev))
+    return FitResult(names, x, np.sqrt(np.abs(np.diag(cov))), cov, hinv, _correlation(cov),
+                     {n: {} for n in names}, float(res.fun), valid, "lbfgs", int(res.nfev), extra)
