@@ -5,7 +5,14 @@ from __future__ import annotations
 import itertools
 from typing import Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 
 from unfoldmem.cards.base import StrictModel
 
@@ -23,10 +30,19 @@ __all__ = [
 class EncodingConfig(StrictModel):
     """How events become tensors (see :mod:`unfoldmem.flows.encoding`)."""
 
-    relative_phi: bool = Field(True, description="phi of objects 1.. relative to object 0")
+    relative_phi: bool = Field(
+        False,
+        description="phi of objects 1.. relative to object 0; off by default: the conditional "
+        "flow then has to learn the rotation (cINN toy closure KL 4.8 nats, see docs/flows.md)",
+    )
     mass_offset: PositiveFloat = Field(1.0, description="m0 in log(m + m0), GeV")
     max_jets: PositiveInt = Field(8, description="jet slots of the padded reco tensor")
     max_leptons: PositiveInt = Field(2, description="muon and electron slots (each)")
+    parton_coordinates: Literal["objects", "resonances"] = Field(
+        "resonances",
+        description="cINN parton coordinates: per-object (pt, eta, phi, m), or resonance masses "
+        "and decay angles of the decay tree (see unfoldmem.flows.parametrization)",
+    )
 
 
 class FlowConfig(StrictModel):
@@ -57,6 +73,32 @@ class TransferConfig(StrictModel):
     multiplicities: list[NonNegativeInt] = Field([4, 5, 6], description="jet multiplicities, ascending")
     open_last: bool = Field(True, description="the last multiplicity means 'this many or more'")
     classifier_hidden: list[PositiveInt] = Field([64, 64], description="P(multiplicity|parton) MLP")
+    residual: bool = Field(
+        False,
+        description="model jets (and leptons) paired with a parton relative to it: pt ratio, "
+        "eta and phi differences (flows/residual.py); more accurate, not yet exportable",
+    )
+    pairing: Literal["pt", "slot"] = Field(
+        "pt",
+        description="pt: the i-th jet (pt order) goes with the i-th hardest jet parton; slot: with "
+        "the i-th jet parton in parton order (jets ordered by their truth match)",
+    )
+    jet_pt_min: NonNegativeFloat = Field(
+        0.0,
+        description="jets not modelled relative to a parton have pt > this (GeV) and come "
+        "pt-ordered; the flow sees log of the pt gaps to the next jet / to jet_pt_min, no sharp "
+        "edge (0: log pt)",
+    )
+    jet_eta_max: PositiveFloat | None = Field(
+        None,
+        description="and |eta| < this; the flow sees jet_eta_max·atanh(eta/jet_eta_max) "
+        "(null: eta)",
+    )
+    reco_mass: Literal["model", "drop"] = Field(
+        "model",
+        description="model: a reco mass that varies is a flow variable; drop: W is over (pt, eta, "
+        "phi) as the parametric detector's exact density, samples keep the parton velocity",
+    )
 
     @model_validator(mode="after")
     def _ascending(self) -> TransferConfig:

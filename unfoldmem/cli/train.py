@@ -79,8 +79,10 @@ def train(
     torch.manual_seed(card.training.seed)
     if card.model == "cinn":
         from unfoldmem.flows.cinn import CINN
+        from unfoldmem.unfold.cinn_unfold import parton_slots
 
-        core = CINN.from_data(v, reco, mask, weight, card.flow, card.condition, card.encoding)
+        core = CINN.from_data(v, reco, mask, weight, card.flow, card.condition, card.encoding,
+                              pdg=parton_slots(partons)[1].tolist())
     else:
         from unfoldmem.flows.transfer import TransferFlow
 

@@ -17,8 +17,8 @@ Feature map of one object (before standardisation):
     (p_T, \eta, \phi, m) \mapsto (\log p_T,\ \eta,\ \operatorname{atanh}(\phi'/\pi),\
     \log(m + m_0)),
 
-with :math:`\phi' = \phi` for the first object and :math:`\phi' = \phi - \phi_0` wrapped to
-:math:`[-\pi, \pi)` for the others (``relative_phi``; a shift, Jacobian 1). The atanh maps the
+with :math:`\phi' = \phi` (default) or, with ``relative_phi``, :math:`\phi' = \phi - \phi_0`
+wrapped to :math:`[-\pi, \pi)` for objects after the first (a shift, Jacobian 1). The atanh maps the
 periodic interval onto the real line with :math:`d t/d\phi = 1/(\pi (1 - u^2))`, so every density
 stays exact. Objects whose mass is the same in every event (massless partons, on-shell b quarks)
 get no mass feature: the mass is stored and restored on inversion, and the density is over
@@ -113,7 +113,9 @@ class ObjectEncoding(nn.Module):
     Arguments:
         free_mass: (n_objects,) bool; True where the mass is a feature.
         fixed_mass: (n_objects,) GeV, the mass restored where ``free_mass`` is False.
-        relative_phi: phi of objects 1.. relative to object 0 (wrapped); else absolute.
+        relative_phi: phi of objects 1.. relative to object 0 (wrapped); else absolute (the
+            default: a conditional flow on relative phi has to learn the rotation of its
+            absolute condition, which the cINN toy closure shows it does not, see docs/flows.md).
         mass_offset: :math:`m_0` in :math:`\log(m + m_0)`, GeV (keeps m = 0 jets finite).
         mean, std: (n_features,) standardisation statistics (default 0 and 1).
 
@@ -125,7 +127,7 @@ class ObjectEncoding(nn.Module):
         self,
         free_mass: Sequence[bool] | Tensor,
         fixed_mass: Sequence[float] | Tensor | None = None,
-        relative_phi: bool = True,
+        relative_phi: bool = False,
         mass_offset: float = 1.0,
         mean: Tensor | None = None,
         std: Tensor | None = None,
@@ -163,7 +165,7 @@ class ObjectEncoding(nn.Module):
         cls,
         objects: Tensor,
         weight: Tensor | None = None,
-        relative_phi: bool = True,
+        relative_phi: bool = False,
         mass_offset: float = 1.0,
         mass_tolerance: float = 1e-3,
     ) -> ObjectEncoding:

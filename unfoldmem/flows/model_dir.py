@@ -54,6 +54,7 @@ from unfoldmem.errors import CardError, ModelError
 from unfoldmem.flows.bayesian import BayesianFlow, DeepEnsemble
 from unfoldmem.flows.cinn import CINN
 from unfoldmem.flows.encoding import ObjectEncoding, RecoEncoding
+from unfoldmem.flows.parametrization import parton_encoding_from_dict
 from unfoldmem.flows.training import TrainResult, plot_loss
 from unfoldmem.flows.transfer import TransferFlow
 from unfoldmem.io.atomic import atomic_path
@@ -64,6 +65,7 @@ __all__ = [
     "data_hash",
     "encodings_of",
     "build_model",
+    "core_of",
     "save_model",
     "load_model",
     "versions",
@@ -108,7 +110,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _core(model: nn.Module) -> nn.Module:
+def core_of(model: nn.Module) -> nn.Module:
+    """The plain CINN or TransferFlow inside a Bayesian or ensemble wrapper (or the model)."""
     if isinstance(model, BayesianFlow):
         return model.base
     if isinstance(model, DeepEnsemble):
@@ -118,7 +121,7 @@ def _core(model: nn.Module) -> nn.Module:
 
 def encodings_of(model: nn.Module) -> dict[str, Any]:
     """Plain-JSON encodings of a CINN or TransferFlow (also inside a Bayesian/ensemble wrapper)."""
-    core = _core(model)
+    core = core_of(model)
     if isinstance(core, CINN):
         return {"model": "cinn", "parton": core.parton_encoding.to_dict(),
                 "reco": core.reco_encoding.to_dict()}
@@ -142,9 +145,11 @@ def build_model(card: ModelCard, encodings: Mapping[str, Any]) -> nn.Module:
         raise ValueError(msg)
 
     def one() -> nn.Module:
-        penc = ObjectEncoding.from_dict(encodings["parton"])
         if card.model == "cinn":
-            return CINN(penc, RecoEncoding.from_dict(encodings["reco"]), card.flow, card.condition)
+            # the parametrisation is in encoding.json ("objects" where it has none)
+            return CINN(parton_encoding_from_dict(encodings["parton"]),
+                        RecoEncoding.from_dict(encodings["reco"]), card.flow, card.condition)
+        penc = ObjectEncoding.from_dict(encodings["parton"])
         renc = [ObjectEncoding.from_dict(d) for d in encodings["reco"]]
         return TransferFlow(penc, renc, card.transfer, card.flow,
                             torch.tensor(encodings["fixed_types"]))
@@ -234,8 +239,11 @@ def load_model(
         raise ModelError(str(path), f"missing {', '.join(missing)}; a model directory has "
                          f"{', '.join(_FILES)}")
     try:
-        stored = validate_card(ModelCard, yaml.safe_load((path / "card.yaml").read_text()),
-                               path / "card.yaml")
+        raw_card = yaml.safe_load((path / "card.yaml").read_text())
+        if isinstance(raw_card, dict) and isinstance(raw_card.get("encoding"), dict):
+            # models written before parton_coordinates existed used per-object coordinates
+            raw_card["encoding"].setdefault("parton_coordinates", "objects")
+        stored = validate_card(ModelCard, raw_card, path / "card.yaml")
     except CardError as exc:
         raise ModelError(str(path), f"card.yaml is not a valid model card: {exc}") from exc
     meta = json.loads((path / "meta.json").read_text())

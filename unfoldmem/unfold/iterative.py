@@ -45,6 +45,7 @@ from unfoldmem.cards.base import StrictModel
 from unfoldmem.cards.model import ModelCard
 from unfoldmem.flows.cinn import CINN
 from unfoldmem.flows.encoding import pad_reco, parton_objects
+from unfoldmem.flows.model_dir import core_of
 from unfoldmem.flows.training import TrainResult, train
 from unfoldmem.physics import lorentz
 from unfoldmem.physics.observables import Observable
@@ -159,7 +160,8 @@ def train_cinn(
     objs = parton_objects(sim.partons[sim.pass_index])
     reco, mask = pad_reco(sim.events, card.encoding.max_jets, card.encoding.max_leptons)
     if init is None:
-        model = CINN.from_data(objs, reco, mask, w, card.flow, card.condition, card.encoding)
+        model = CINN.from_data(objs, reco, mask, w, card.flow, card.condition, card.encoding,
+                               pdg=parton_slots(sim.partons[sim.pass_index])[1].tolist())
     else:
         model = copy.deepcopy(init)
     update: dict[str, Any] = {}
@@ -172,9 +174,12 @@ def train_cinn(
     return model, result
 
 
-def _features(model: CINN, momenta: Tensor) -> Tensor:
-    """Standardised parton features of the cINN encoding, (..., k, 4) E,px,py,pz -> (..., D)."""
-    x, _ = model.parton_encoding(lorentz.to_ptetaphim(momenta))
+def _features(model: nn.Module, momenta: Tensor) -> Tensor:
+    """Standardised parton features of the cINN encoding, (..., k, 4) E,px,py,pz -> (..., D).
+
+    ``model`` is a CINN or a Bayesian/ensemble wrapper of one (its encoding is shared).
+    """
+    x, _ = core_of(model).parton_encoding(lorentz.to_ptetaphim(momenta))
     return x.float()
 
 
