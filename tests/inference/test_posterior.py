@@ -6,11 +6,17 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from unfoldmem.errors import CardError
 from unfoldmem.inference.calibration import GaussianToy, toy_likelihoods
 from unfoldmem.inference.fit import grid_objective
-from unfoldmem.inference.posterior import Prior, parse_prior, sample_posterior
+from unfoldmem.inference.posterior import (
+    Prior,
+    likelihood_scale,
+    parse_prior,
+    sample_posterior,
+)
 
 S, N = 10.0, 400
 
@@ -68,3 +74,37 @@ def test_prior_outside_grid_and_missing_prior(gauss) -> None:
         sample_posterior(obj, {"m_t": Prior(kind="uniform", low=160, high=176)})
     with pytest.raises(CardError, match="no prior given"):
         sample_posterior(obj, {})
+
+
+def test_weight_two_half_sample_widens_by_sqrt2(gauss) -> None:
+    """A random half with weight 2 (Monte-Carlo weights): the lnL is scaled by Σw/Σw² = 1/2, so
+    the posterior is the closed-form N(weighted mean, s/√n_half) of the n_half kept events
+    (conjugate normal, flat prior; Kish effective sample size), ≈ √2 × the full sample's width;
+    the unscaled weighted likelihood would give the full sample's width s/√N."""
+    toy, _ = gauss
+    keep = np.random.default_rng(4).uniform(size=N) < 0.5
+    w = torch.from_numpy(np.where(keep, 2.0, 0.0))
+    n_half = int(keep.sum())
+    obj = grid_objective(toy_likelihoods(toy, {"m_t": np.linspace(169.0, 177.0, 17)}), weight=w)
+    assert likelihood_scale(obj) == pytest.approx(0.5)
+    post = sample_posterior(obj, {"m_t": Prior(kind="uniform", low=169.0, high=177.0)},
+                            num_samples=400, warmup=200, num_chains=1, seed=3)
+    summ = post.summary()["m_t"]
+    _close(summ, float(toy.x[torch.from_numpy(keep)].mean()), S / math.sqrt(n_half))
+    assert post.to_dict()["likelihood_scale"] == pytest.approx(0.5)
+    # √2 × the full width, within the MC error of the width and the binomial spread of n_half
+    tol = 4 / math.sqrt(2 * summ["ess"]) + 4 * 0.5 / math.sqrt(N)
+    assert abs(summ["std"] / (S / math.sqrt(N)) / math.sqrt(2) - 1) < tol
+
+
+def test_likelihood_scale_frequency_and_unit_weights(gauss) -> None:
+    """Unit weights and frequency weights (weight_errors='hesse') leave ln L unscaled;
+    weights summing to ≤ 0 are refused."""
+    toy, obj = gauss
+    assert likelihood_scale(obj) == 1.0
+    lik = toy_likelihoods(toy, {"m_t": np.linspace(169.0, 177.0, 17)})
+    w = torch.full((N,), 2.0, dtype=torch.float64)
+    assert likelihood_scale(grid_objective(lik, weight=w, weight_errors="hesse")) == 1.0
+    assert likelihood_scale(grid_objective(lik, weight=w)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="sum to"):
+        likelihood_scale(grid_objective(lik, weight=-w))

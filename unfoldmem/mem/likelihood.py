@@ -55,8 +55,13 @@ class MEMConfig:
         precision: target relative error of each integral (= error of log P).
         n_start, n_max: first and largest number of samples per event.
         chunk_size: events per chunk.
-        cinn_fraction: mixture weight of the cINN channel (the detector channel gets the rest).
-        reco_scale: width factor of the detector-driven channel over the resolutions.
+        cinn_fraction: mixture weight of the cINN channel (the detector channels get the rest).
+        reco_scale: width factor of the plain (defensive) detector channel over the resolutions.
+        physics_channel: add the MoMEMta-style detector channel with resonance blocks
+            (:class:`~unfoldmem.mem.channels.RecoChannel` ``physics=True``).
+        physics_scale: its width factor over the resolutions.
+        defensive_fraction: mixture weight of the plain detector channel when the physics
+            channel or a cINN is used (it keeps the mixture positive everywhere).
         kernel_sigma: recoil-kernel width in GeV; None: from a cINN pilot (else 10 GeV).
         per_permutation: also return per-assignment log integrals.
         seed: random seed of the sampling.
@@ -69,6 +74,9 @@ class MEMConfig:
     chunk_size: int = 32
     cinn_fraction: float = 0.8
     reco_scale: float = 1.5
+    physics_channel: bool = True
+    physics_scale: float = 1.25
+    defensive_fraction: float = 0.1
     kernel_sigma: float | None = None
     per_permutation: bool = False
     seed: int = 1
@@ -147,22 +155,31 @@ class MEMLikelihood:
         self.detector = detector
         self.config = config or MEMConfig()
         self.normalisation = normalisation
-        self.channels: list[Any] = [RecoChannel(detector, scale=self.config.reco_scale)]
+        cfg = self.config
+        self.channels: list[Any] = [RecoChannel(detector, scale=cfg.reco_scale)]
         self.alphas = [1.0]
-        if cinn is not None:
-            self.channels.insert(0, CINNChannel(cinn, cinn_order))
-            f = self.config.cinn_fraction
-            self.alphas = [f, 1.0 - f]
+        if cfg.physics_channel:
+            self.channels.insert(0, RecoChannel(detector, scale=cfg.physics_scale, physics=True))
+            self.alphas = [1.0 - cfg.defensive_fraction, cfg.defensive_fraction]
+        self.cinn = None if cinn is None else CINNChannel(cinn, cinn_order)
+        if self.cinn is not None:
+            f = cfg.cinn_fraction
+            self.channels.insert(0, self.cinn)
+            if len(self.alphas) == 1:
+                self.alphas = [f, 1.0 - f]
+            else:
+                d = min(cfg.defensive_fraction, 1.0 - f)
+                self.alphas = [f, 1.0 - f - d, d]
 
     def kernel_sigma(self, events: RecoEvents, generator: torch.Generator) -> Tensor:
         """(B,) recoil-kernel width: the spread of the cINN's recoil imbalance, or the config."""
         b = len(events)
-        if self.config.kernel_sigma is not None or len(self.channels) == 1:
+        if self.config.kernel_sigma is not None or self.cinn is None:
             return torch.full((b,), self.config.kernel_sigma or 10.0, dtype=torch.float64)
         integ = self.integrand
         prep = integ.prepare(events)
         ctx = SamplingContext(integ, events, prep, torch.full((b,), 10.0, dtype=torch.float64))
-        z = self.channels[0].sample(64, ctx, generator)
+        z = self.cinn.sample(64, ctx, generator)
         from unfoldmem.physics import lorentz
 
         m = integ.masses.expand(z.shape[:-1])[..., None]

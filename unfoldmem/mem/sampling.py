@@ -8,13 +8,14 @@ weights :math:`\alpha_c`, :math:`n_c = \alpha_c n` samples from each, and the ba
     q = \sum_c \alpha_c q_c,\qquad
     \operatorname{Var}\hat I = \sum_c \frac{\alpha_c^2}{n_c}\operatorname{Var}_{q_c}\!\Big[\frac{F}{q}\Big],
 
-which is unbiased wherever *any* channel has support (Veach & Guibas 1995). The channels are
-the cINN posterior :math:`q(p\mid x)` (:class:`CINNChannel`) and a detector-driven channel
-(:class:`RecoChannel`: Gaussians around the assigned reco objects, uniform over assignments,
-broad for invisible partons, the recoil from the kernel) whose support is all of z. The same
-samples serve every θ of the grid (correlated errors, smooth scans). The error of
-:math:`\log\hat I` is :math:`\sigma_{\hat I}/\hat I` (delta method); samples are added per event,
-doubling, until it is below ``precision`` at every θ or ``n_max`` is reached.
+which is unbiased wherever *any* channel has support (Veach & Guibas 1995). The channels
+(:mod:`unfoldmem.mem.channels`) are the cINN posterior :math:`q(p\mid x)`, the MoMEMta-style
+detector channel with resonance blocks, and the plain detector channel whose support is all of
+z. The same samples serve every θ of the grid (correlated errors, smooth scans). The error of
+:math:`\log\hat I` is :math:`\sigma_{\hat I}/\hat I` (delta method). All events of a batch are
+sampled together in rounds; events that reach ``precision`` at every θ leave, the next round
+is what the slowest remaining event needs (at most doubling), up to ``n_max``; between rounds
+the assignment probabilities adapt to the assignments' estimated shares.
 
 References:
     | E. Veach, L. Guibas, "Optimally combining sampling techniques for Monte Carlo
@@ -29,19 +30,18 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from unfoldmem.mem.channels import Channel, CINNChannel, RecoChannel, SamplingContext
 from unfoldmem.mem.integrand import (
     FLAG_OK,
     FLAG_ZERO_INTEGRAL,
     MEMIntegrand,
     RecoEvents,
 )
-from unfoldmem.physics import lorentz
-from unfoldmem.simulate.detector import ParametricDetector
 from unfoldmem.weights import WeightDiagnosticsConfig, WeightError, WeightWarning
 
 __all__ = ["CINNChannel", "Channel", "ISResult", "RecoChannel", "SamplingContext", "diagnose",
@@ -50,222 +50,6 @@ __all__ = ["CINNChannel", "Channel", "ISResult", "RecoChannel", "SamplingContext
 log = logging.getLogger(__name__)
 
 _TWO_PI = 2 * math.pi
-
-
-@dataclass
-class SamplingContext:
-    """What a channel sees of a batch of B events."""
-
-    integrand: MEMIntegrand
-    events: RecoEvents
-    prep: Mapping[str, Tensor]
-    kernel_sigma: Tensor  # (B,) GeV
-
-    def subset(self, rows: Tensor) -> SamplingContext:
-        """The context of the events ``rows`` (bool (B,) or indices)."""
-        prep = {k: v[rows] for k, v in self.prep.items()}
-        return SamplingContext(self.integrand, self.events[rows], prep, self.kernel_sigma[rows])
-
-
-class Channel(Protocol):
-    """An importance-sampling channel over z = (pt, eta, phi) of the n outgoing partons."""
-
-    def sample(self, n: int, ctx: SamplingContext, generator: torch.Generator) -> Tensor:
-        """(n, B, n_partons, 3) samples."""
-
-    def log_prob(self, z: Tensor, ctx: SamplingContext) -> Tensor:
-        """(S, B) log density per unit (pt, eta, phi) of every parton."""
-
-
-def _log_normal(x: Tensor, mu: Tensor, s: Tensor) -> Tensor:
-    return -0.5 * ((x - mu) / s) ** 2 - torch.log(s) - 0.5 * math.log(_TWO_PI)
-
-
-def _log_wrapped_normal(x: Tensor, mu: Tensor, s: Tensor) -> Tensor:
-    d = torch.remainder(x - mu + math.pi, _TWO_PI) - math.pi
-    k = torch.tensor([-_TWO_PI, 0.0, _TWO_PI], dtype=x.dtype)
-    return torch.logsumexp(_log_normal(d[..., None] + k, torch.zeros(()), s[..., None]), -1)
-
-
-def _wrap(phi: Tensor) -> Tensor:
-    return torch.remainder(phi + math.pi, _TWO_PI) - math.pi
-
-
-class RecoChannel:
-    r"""Detector-driven channel: Gaussians around the reco objects of a random assignment.
-
-    Visible parton i of assignment σ: :math:`\log p_T \sim \mathcal N(\log p_T^{\rm reco},
-    k\,r)`, :math:`\eta \sim \mathcal N(\eta^{\rm reco}, k\,s_\eta)`, φ wrapped normal
-    (:math:`k\,s_\phi`), with r, s_η, s_φ the detector resolutions (relative energy/pt,
-    angles) and k = ``scale``; σ uniform over the event's valid assignments. Invisible
-    partons: :math:`\log p_T \sim \mathcal N(\log 40, 1)`, :math:`\eta \sim \mathcal N(0, 2)`,
-    φ uniform; the recoil's (p_T, φ) is drawn from the balance kernel h and its η as its kind.
-    The density is positive everywhere, so mixing this channel in keeps the estimate unbiased.
-
-    Arguments:
-        detector: for the resolutions (None: 15 % in p_T, 0.05 in η and φ).
-        scale: width factor k over the resolution.
-        offset: (n, 3) shift of the centres in (log pt, eta, phi) (diagnostic tests).
-    """
-
-    def __init__(self, detector: ParametricDetector | None = None, scale: float = 1.5,
-                 offset: Tensor | None = None) -> None:
-        self.detector, self.scale, self.offset = detector, scale, offset
-
-    def _centres(self, ctx: SamplingContext) -> tuple[Tensor, Tensor, Tensor]:
-        """centres (B, P, n, 3) in (log pt, eta, phi), widths (B, P, n, 3), valid (B, P)."""
-        integ = ctx.integrand
-        obj = torch.where(ctx.events.mask[..., None], ctx.events.objects, 1.0)
-        valid = ctx.prep["valid"]
-        b, p = valid.shape
-        n = integ.n
-        idx = ctx.prep.get("index", torch.full((b, p, n), -1, dtype=torch.long))
-        ref = self._reference(ctx, idx)
-        g = torch.gather(obj[:, None].expand(b, p, *obj.shape[1:]), 2,
-                         ref.clamp(min=0)[..., None].expand(b, p, n, 7))
-        centre = torch.stack([torch.log(g[..., 0].clamp(min=1e-3)), g[..., 1], g[..., 2]], -1)
-        width = self._widths(g, integ.pdg)
-        inv = (ref < 0)
-        centre = torch.where(inv[..., None], torch.tensor([math.log(40.0), 0.0, 0.0]), centre)
-        width = torch.where(inv[..., None], torch.tensor([1.0, 2.0, math.inf]), width)
-        if self.offset is not None:
-            centre = centre + self.offset
-        return centre, width, valid
-
-    def _reference(self, ctx: SamplingContext, idx: Tensor) -> Tensor:
-        """(B, P, n) reco slot each parton's Gaussian is centred on (−1: broad)."""
-        if "index" in ctx.prep:
-            return idx
-        # Learned transfer: no explicit assignment; centre visible partons of each type on the
-        # reco objects of that type in pt order (jets ↔ jet partons in process order).
-        from unfoldmem.mem.integrand import build_assignments
-
-        asg = build_assignments(ctx.events, ctx.integrand.process.final_state, "exact")
-        return asg.index[:, :1].expand_as(idx)
-
-    def _widths(self, g: Tensor, pdg: Tensor) -> Tensor:
-        k = self.scale
-        if self.detector is None:
-            w = torch.tensor([0.15, 0.05, 0.05], dtype=torch.float64)
-            return (k * w).expand(*g.shape[:-1], 3).clone()
-        det = self.detector
-        pt, eta, phi = g[..., 0].clamp(min=1.0), g[..., 1], g[..., 2]
-        v = lorentz.from_ptetaphim(torch.stack([pt, eta, phi, torch.zeros_like(pt)], -1))
-        q = det._params(v, pdg.expand(pt.shape))
-        rel = (q["sigma"] / q["x"]).clamp(min=1e-3, max=1.0)
-        return k * torch.stack([rel, q["s_eta"].clamp(min=1e-4), q["s_phi"].clamp(min=1e-4)], -1)
-
-    def sample(self, n: int, ctx: SamplingContext, generator: torch.Generator) -> Tensor:
-        """(n, B, n_partons, 3) samples (pt, eta, phi)."""
-        valid = ctx.prep["valid"]
-        probs = valid.double() + 1e-300 * (~valid.any(-1, keepdim=True)).double()
-        pick = torch.multinomial(probs, n, replacement=True, generator=generator).T  # (n, B)
-        u = torch.rand(n, len(ctx.events), ctx.integrand.n, 3, generator=generator,
-                       dtype=torch.float64)
-        return self.transform(u, ctx, pick)
-
-    def transform(self, u: Tensor, ctx: SamplingContext, pick: Tensor) -> Tensor:
-        r"""Map uniforms u (S, B, n, 3) ∈ (0,1) to z for assignments ``pick`` (S, B).
-
-        Gaussian coordinates are :math:`c + w\,\Phi^{-1}(u)` (φ then wrapped), a uniform φ is
-        :math:`2\pi u - \pi`; the recoil's :math:`\vec a = \text{balance} + \sigma_h
-        \Phi^{-1}(u_{r,0}, u_{r,2})`. The density of z is :meth:`log_prob` (for one assignment
-        when ``ctx`` allows only that one): the VEGAS baseline integrates in these u.
-        """
-        centre, width, _ = self._centres(ctx)
-        n, b = pick.shape
-        c = torch.gather(centre[None].expand(n, *centre.shape), 2,
-                         pick[..., None, None, None].expand(n, b, 1, *centre.shape[2:]))[:, :, 0]
-        w = torch.gather(width[None].expand(n, *width.shape), 2,
-                         pick[..., None, None, None].expand(n, b, 1, *width.shape[2:]))[:, :, 0]
-        uc = u.clamp(1e-15, 1 - 1e-15)
-        eps = torch.special.ndtri(uc)
-        finite_w = torch.where(torch.isinf(w), 1.0, w)
-        z = c + finite_w * eps
-        phi = torch.where(torch.isinf(w[..., 2]), _TWO_PI * uc[..., 2] - math.pi, _wrap(z[..., 2]))
-        z = torch.stack([torch.exp(z[..., 0]), z[..., 1], phi], -1)
-        integ = ctx.integrand
-        r = integ.recoil
-        p = lorentz.from_ptetaphim(torch.cat([z, integ.masses.expand(z.shape[:-1])[..., None]], -1))
-        others = torch.ones(integ.n, dtype=torch.bool)
-        others[r] = False
-        bal = -p[..., others, 1:3].sum(-2)
-        a = bal + ctx.kernel_sigma[:, None] * eps[..., r, :][..., [0, 2]]
-        z = z.clone()
-        z[..., r, 0] = torch.linalg.vector_norm(a, dim=-1)
-        z[..., r, 2] = torch.atan2(a[..., 1], a[..., 0])
-        return z
-
-    def log_prob(self, z: Tensor, ctx: SamplingContext) -> Tensor:
-        """(S, B) log density of the channel at z (S, B, n, 3)."""
-        integ = ctx.integrand
-        r = integ.recoil
-        centre, width, valid = self._centres(ctx)
-        zz = z[:, :, None]  # (S, B, 1, n, 3)
-        lpt = torch.log(zz[..., 0])
-        inv_phi = torch.isinf(width[..., 2])
-        ww = torch.where(torch.isinf(width), 1.0, width)
-        lp = (_log_normal(lpt, centre[..., 0], ww[..., 0]) - lpt
-              + _log_normal(zz[..., 1], centre[..., 1], ww[..., 1])
-              + torch.where(inv_phi, -math.log(_TWO_PI),
-                            _log_wrapped_normal(zz[..., 2], centre[..., 2], ww[..., 2])))
-        others = torch.ones(integ.n, dtype=torch.bool)
-        others[r] = False
-        # Recoil: only its eta from the per-parton law; (pt, phi) from the balance kernel.
-        eta_r = _log_normal(zz[..., r, 1], centre[..., r, 1], ww[..., r, 1])
-        lp = lp[..., others].sum(-1) + eta_r
-        n_valid = valid.sum(-1).clamp(min=1)
-        lp = torch.where(valid[None], lp, -math.inf)
-        lq = torch.logsumexp(lp, -1) - torch.log(n_valid.double())
-        pz = lorentz.from_ptetaphim(torch.cat([z, integ.masses.expand(z.shape[:-1])[..., None]], -1))
-        bal = -pz[..., others, 1:3].sum(-2)
-        a = torch.stack([z[..., r, 0] * torch.cos(z[..., r, 2]),
-                         z[..., r, 0] * torch.sin(z[..., r, 2])], -1)
-        sig = ctx.kernel_sigma
-        lh = (-0.5 * ((a - bal) ** 2).sum(-1) / sig**2 - torch.log(_TWO_PI * sig**2)
-              + torch.log(z[..., r, 0]))
-        out = lq + lh
-        return torch.where(torch.isnan(out), -math.inf, out)
-
-
-class CINNChannel:
-    """The cINN posterior q(p | x) as a channel (:class:`~unfoldmem.flows.cinn.CINN`).
-
-    Arguments:
-        model: trained cINN whose parton objects are the process final state (``order`` maps
-            process partons to the model's objects).
-        order: (n,) model object index of each process parton (default identity).
-        masses: (n_model,) masses put back for :meth:`log_prob` (default: the model's fixed).
-    """
-
-    def __init__(self, model: Any, order: Sequence[int] | None = None) -> None:
-        self.model = model.eval()
-        self.order = None if order is None else torch.as_tensor(order, dtype=torch.long)
-
-    def _idx(self, n: int) -> Tensor:
-        return torch.arange(n) if self.order is None else self.order
-
-    def sample(self, n: int, ctx: SamplingContext, generator: torch.Generator) -> Tensor:
-        """(n, B, n_partons, 3); the flow uses torch's global RNG, re-seeded from ``generator``."""
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            v = self.model.sample_partons(n, ctx.events.objects, ctx.events.mask)
-        return v[..., self._idx(ctx.integrand.n), :3].to(torch.float64)
-
-    def log_prob(self, z: Tensor, ctx: SamplingContext) -> Tensor:
-        """(S, B) log q(z | x) per unit (pt, eta, phi)."""
-        s, b, n, _ = z.shape
-        enc = self.model.parton_encoding
-        n_model = enc.n_objects
-        v = enc.fixed_mass.to(torch.float64).expand(s, b, n_model)[..., None].repeat(1, 1, 1, 4)
-        v[..., self._idx(n), :3] = z
-        v[..., 3] = enc.fixed_mass.to(torch.float64)
-        obj = ctx.events.objects.expand(s, *ctx.events.objects.shape).reshape(s * b, -1, 7)
-        msk = ctx.events.mask.expand(s, *ctx.events.mask.shape).reshape(s * b, -1)
-        with torch.no_grad():
-            lq = self.model.log_prob_partons(v.reshape(s * b, n_model, 4), obj, msk).view(s, b)
-        return torch.where(torch.isnan(lq), -math.inf, lq.double())
 
 
 @dataclass
@@ -346,6 +130,16 @@ class _Acc:
         return out
 
 
+def _adapted_pick(perm: Tensor, valid: Tensor) -> Tensor:
+    """(B, P) log pick probabilities from per-assignment estimates perm (B, K, P)."""
+    est = perm.sum(1)
+    share = est / est.sum(-1, keepdim=True).clamp(min=1e-300)
+    n_valid = valid.sum(-1, keepdim=True).clamp(min=1).double()
+    prob = torch.where(valid, 0.8 * share + 0.2 / n_valid, 0.0)
+    prob = torch.where(est.sum(-1, keepdim=True) > 0, prob, valid.double() / n_valid)
+    return torch.log(prob)
+
+
 def _allocate(n: int, alphas: Tensor) -> list[int]:
     counts = [max(2, round(float(a) * n)) if a > 0 else 0 for a in alphas]
     return counts
@@ -365,6 +159,7 @@ def importance_sample(
     per_permutation: bool = False,
     generator: torch.Generator | None = None,
     batch_limit: int = 2_000_000,
+    adapt_assignments: bool = True,
 ) -> ISResult:
     r"""Estimate :math:`\log\int F(z;\theta_k)dz` for every event and θ point.
 
@@ -378,6 +173,10 @@ def importance_sample(
         per_permutation: also return the per-assignment integrals.
         generator: random numbers (seeded by the caller).
         batch_limit: cap on S × B × P elements evaluated at once (memory).
+        adapt_assignments: after each round, draw assignments (channels that read
+            ``prep["pick_logp"]``) with probability 0.8 × their estimated share of the
+            integral + 0.2 × uniform (multi-channel adaptation, Kleiss & Pittau 1994); every
+            round stays an unbiased estimate, so pooling the rounds is unbiased.
 
     Returns:
         :class:`ISResult`.
@@ -392,7 +191,8 @@ def importance_sample(
     sig = torch.as_tensor(kernel_sigma, dtype=torch.float64).expand(b).clone()
     ctx_all = SamplingContext(integrand, events, prep, sig)
     p = prep["valid"].shape[1]
-    acc = _Acc(len(channels), b, k, p if per_permutation else None)
+    track = per_permutation or (adapt_assignments and p > 1)
+    acc = _Acc(len(channels), b, k, p if track else None)
     flag = prep["flag"].clone()
     active = flag == FLAG_OK
     n_round = n_start
@@ -418,7 +218,7 @@ def importance_sample(
                 # A sample the mixture cannot produce (q = 0) carries no weight.
                 logw = torch.where(torch.isneginf(lq)[..., None], -math.inf, logw)
                 soft = None
-                if per_permutation:
+                if track:
                     safe = torch.where(torch.isinf(rest_tot), 0.0, rest_tot)
                     soft = torch.where(torch.isinf(rest_tot)[..., None], 0.0,
                                        torch.exp(rest - safe[..., None]))
@@ -432,8 +232,15 @@ def importance_sample(
         zero = (t1 <= 0).all(-1) & (total >= 4 * n_start)
         flag[rows[zero]] = FLAG_ZERO_INTEGRAL
         active[rows[reached | zero]] = False
-        n_round = total  # doubling
-        n_round = min(n_round, n_max - total)
+        if adapt_assignments and p > 1:
+            prep["pick_logp"] = _adapted_pick(res["perm"], prep["valid"])
+        # Next round: what the slowest active event needs by 1/√n scaling (10 % margin), at
+        # most doubling; events that reach the target leave, so rounds stay vectorised.
+        still = ~(reached | zero)
+        need = (rel[still] / precision) ** 2 * total * 1.1 - total
+        need = need[torch.isfinite(need)]
+        want = int(need.max()) if need.numel() else total
+        n_round = min(max(want, n_start // 2, 2 * len(channels)), total, n_max - total)
     res = acc.result(alphas_t)
     t1, var = res["t1"], res["var"]
     pos = t1 > 0

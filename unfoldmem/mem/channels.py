@@ -1,0 +1,382 @@
+r"""Proposal channels of the MEM importance sampling: the detector channel and the cINN posterior.
+
+:class:`RecoChannel` samples every visible parton around the reco object of a random
+assignment with the detector resolution, in :math:`(\log p_T, \eta, \phi)`; with
+``physics=True`` it is the MoMEMta-style change of variables: the energies fixed by narrow
+propagators come from their Breit–Wigner masses (:mod:`unfoldmem.mem.resonances`), the
+neutrino's η from the leptonic W mass, a visible recoil's measurement is combined with its
+partner's (Drell–Yan), and the assignment is drawn with adaptable probabilities
+(``prep["pick_logp"]``, see :func:`~unfoldmem.mem.sampling.importance_sample`). Every map is
+exact and its Jacobian is in :meth:`RecoChannel.log_prob`. :class:`CINNChannel` is the cINN
+posterior q(p | x) of A. Butter et al., SciPost Phys. 15 (2023) 094.
+
+References:
+    | S. Brochet et al., MoMEMta, Eur. Phys. J. C 79 (2019) 126, arXiv:1805.08555
+    | A. Butter et al., SciPost Phys. 15 (2023) 094, https://arxiv.org/abs/2210.00019
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from unfoldmem.mem.integrand import MEMIntegrand, RecoEvents, build_assignments
+from unfoldmem.mem.resonances import HadronicChain, LeptonicTop, NeutrinoBlock, find_blocks
+from unfoldmem.physics import lorentz
+from unfoldmem.simulate.detector import ParametricDetector
+
+__all__ = ["CINNChannel", "Channel", "RecoChannel", "SamplingContext"]
+
+_TWO_PI = 2 * math.pi
+_COMBINE_SCALE = 1.2  # width of the combined jet-energy law over its Gaussian estimate
+_Blocks = tuple[list[HadronicChain], NeutrinoBlock | None, LeptonicTop | None]
+
+
+@dataclass
+class SamplingContext:
+    """What a channel sees of a batch of B events."""
+
+    integrand: MEMIntegrand
+    events: RecoEvents
+    prep: Mapping[str, Tensor]
+    kernel_sigma: Tensor  # (B,) GeV
+
+    def subset(self, rows: Tensor) -> SamplingContext:
+        """The context of the events ``rows`` (bool (B,) or indices)."""
+        prep = {k: v[rows] for k, v in self.prep.items()}
+        return SamplingContext(self.integrand, self.events[rows], prep, self.kernel_sigma[rows])
+
+
+class Channel(Protocol):
+    """An importance-sampling channel over z = (pt, eta, phi) of the n outgoing partons."""
+
+    def sample(self, n: int, ctx: SamplingContext, generator: torch.Generator) -> Tensor:
+        """(n, B, n_partons, 3) samples."""
+
+    def log_prob(self, z: Tensor, ctx: SamplingContext) -> Tensor:
+        """(S, B) log density per unit (pt, eta, phi) of every parton."""
+
+
+def _log_normal(x: Tensor, mu: Tensor, s: Tensor) -> Tensor:
+    return -0.5 * ((x - mu) / s) ** 2 - torch.log(s) - 0.5 * math.log(_TWO_PI)
+
+
+def _log_wrapped_normal(x: Tensor, mu: Tensor, s: Tensor) -> Tensor:
+    d = torch.remainder(x - mu + math.pi, _TWO_PI) - math.pi
+    # Images at ±2π change the density by < e^-79 for widths below 0.25 rad.
+    near = _log_normal(d, torch.zeros(()), s)
+    far = torch.logaddexp(_log_normal(d - _TWO_PI, torch.zeros(()), s),
+                          _log_normal(d + _TWO_PI, torch.zeros(()), s))
+    return torch.where(s < 0.25, near, torch.logaddexp(near, far))
+
+
+def _wrap(phi: Tensor) -> Tensor:
+    return torch.remainder(phi + math.pi, _TWO_PI) - math.pi
+
+
+def _gather_pick(t: Tensor, pick: Tensor) -> Tensor:
+    """t (B, P, n, 3), pick (S, B) → (S, B, n, 3)."""
+    s, b = pick.shape
+    return torch.gather(t[None].expand(s, *t.shape), 2,
+                        pick[..., None, None, None].expand(s, b, 1, *t.shape[2:]))[:, :, 0]
+
+
+class RecoChannel:
+    r"""Detector-driven channel: Gaussians around the reco objects of a random assignment.
+
+    Visible parton i of assignment σ: :math:`\log p_T \sim \mathcal N(\log p_T^{\rm reco},
+    k\,r)`, :math:`\eta \sim \mathcal N(\eta^{\rm reco}, k\,s_\eta)`, φ wrapped normal
+    (:math:`k\,s_\phi`), with r, s_η, s_φ the detector resolutions (relative energy/pt,
+    angles) and k = ``scale``; σ drawn with probabilities ``prep["pick_logp"]`` (default
+    uniform over the event's valid assignments). Invisible partons: :math:`\log p_T \sim
+    \mathcal N(\log 40, 1)`, :math:`\eta \sim \mathcal N(0, 2)`, φ uniform; the recoil's
+    (p_T, φ) is drawn from the balance kernel h and its η as its kind. With ``physics=True``
+    the resonance blocks of :func:`~unfoldmem.mem.resonances.find_blocks` replace the p_T laws
+    of W/top daughters and the neutrino's η law, and a visible recoil's reco (p_T, φ) is
+    combined with its partner's (two-body final states). The density is positive everywhere
+    (``physics=False``), so mixing this channel in keeps the estimate unbiased.
+
+    Arguments:
+        detector: for the resolutions (None: 15 % in p_T, 0.05 in η and φ).
+        scale: width factor k over the resolution.
+        offset: (n, 3) shift of the centres in (log pt, eta, phi) (diagnostic tests).
+        physics: use the resonance blocks and the two-body combination (see above).
+    """
+
+    def __init__(self, detector: ParametricDetector | None = None, scale: float = 1.5,
+                 offset: Tensor | None = None, physics: bool = False) -> None:
+        self.detector, self.scale, self.offset = detector, scale, offset
+        self.physics = physics
+        self._blocks: dict[int, _Blocks] = {}
+
+    def blocks(self, integrand: MEMIntegrand) -> _Blocks:
+        """The resonance blocks used for ``integrand`` (none unless ``physics``)."""
+        if not self.physics:
+            return [], None, None
+        key = id(integrand)
+        if key not in self._blocks:
+            self._blocks[key] = find_blocks(integrand)
+        return self._blocks[key]
+
+    def _masks(self, integ: MEMIntegrand) -> tuple[Tensor, Tensor, bool]:
+        """(n,) partons whose p_T law is the TF Gaussian, (n,) partons with TF angle laws,
+        whether the recoil's η law is the per-assignment Gaussian."""
+        chains, nu, _ = self.blocks(integ)
+        others = torch.ones(integ.n, dtype=torch.bool)
+        others[integ.recoil] = False
+        tf_pt = others.clone()
+        for c in chains:
+            tf_pt[c.b] = False
+            if c.c is not None:
+                tf_pt[c.c] = False
+        return tf_pt, others, nu is None
+
+    def _centres(self, ctx: SamplingContext) -> tuple[Tensor, Tensor, Tensor]:
+        """centres (B, P, n, 3) in (log pt, eta, phi), widths (B, P, n, 3), valid (B, P)."""
+        integ = ctx.integrand
+        obj = torch.where(ctx.events.mask[..., None], ctx.events.objects, 1.0)
+        valid = ctx.prep["valid"]
+        b, p = valid.shape
+        n = integ.n
+        idx = ctx.prep.get("index", torch.full((b, p, n), -1, dtype=torch.long))
+        ref = self._reference(ctx, idx)
+        g = torch.gather(obj[:, None].expand(b, p, *obj.shape[1:]), 2,
+                         ref.clamp(min=0)[..., None].expand(b, p, n, 7))
+        centre = torch.stack([torch.log(g[..., 0].clamp(min=1e-3)), g[..., 1], g[..., 2]], -1)
+        width = self._widths(g, integ.pdg)
+        inv = (ref < 0)
+        centre = torch.where(inv[..., None], torch.tensor([math.log(40.0), 0.0, 0.0]), centre)
+        width = torch.where(inv[..., None], torch.tensor([1.0, 2.0, math.inf]), width)
+        if self.physics and n == 2:
+            centre, width = self._combine_two_body(centre, width, inv, integ.recoil)
+        if self.offset is not None:
+            centre = centre + self.offset
+        return centre, width, valid
+
+    @staticmethod
+    def _combine_two_body(centre: Tensor, width: Tensor, inv: Tensor,
+                          r: int) -> tuple[Tensor, Tensor]:
+        """Balance makes a visible recoil's (p_T, φ+π) a second measurement of its partner's."""
+        o = 1 - r
+        both = ~inv[..., o] & ~inv[..., r]
+        c, w = centre.clone(), width.clone()
+        for j in (0, 2):
+            cr = centre[..., r, j]
+            if j == 2:
+                cr = centre[..., o, 2] + _wrap(cr + math.pi - centre[..., o, 2])
+            wo, wr = width[..., o, j], width[..., r, j]
+            prec = wo ** -2 + wr ** -2
+            mean = (centre[..., o, j] * wo ** -2 + cr * wr ** -2) / prec
+            c[..., o, j] = torch.where(both, mean, centre[..., o, j])
+            w[..., o, j] = torch.where(both, prec ** -0.5, wo)
+        return c, w
+
+    def _reference(self, ctx: SamplingContext, idx: Tensor) -> Tensor:
+        """(B, P, n) reco slot each parton's Gaussian is centred on (−1: broad)."""
+        if "index" in ctx.prep:
+            return idx
+        # Learned transfer: no explicit assignment; centre visible partons of each type on the
+        # reco objects of that type in pt order (jets ↔ jet partons in process order).
+        asg = build_assignments(ctx.events, ctx.integrand.process.final_state, "exact")
+        return asg.index[:, :1].expand_as(idx)
+
+    def _widths(self, g: Tensor, pdg: Tensor) -> Tensor:
+        k = self.scale
+        if self.detector is None:
+            w = torch.tensor([0.15, 0.05, 0.05], dtype=torch.float64)
+            return (k * w).expand(*g.shape[:-1], 3).clone()
+        det = self.detector
+        pt, eta, phi = g[..., 0].clamp(min=1.0), g[..., 1], g[..., 2]
+        v = lorentz.from_ptetaphim(torch.stack([pt, eta, phi, torch.zeros_like(pt)], -1))
+        q = det._params(v, pdg.expand(pt.shape))
+        rel = (q["sigma"] / q["x"]).clamp(min=1e-3, max=1.0)
+        return k * torch.stack([rel, q["s_eta"].clamp(min=1e-4), q["s_phi"].clamp(min=1e-4)], -1)
+
+    def _pick_logp(self, ctx: SamplingContext) -> Tensor:
+        """(B, P) log probability of each assignment."""
+        valid = ctx.prep["valid"]
+        if "pick_logp" in ctx.prep:
+            return torch.where(valid, ctx.prep["pick_logp"], -math.inf)
+        lv = -torch.log(valid.sum(-1, keepdim=True).clamp(min=1).double())
+        return torch.where(valid, lv, -math.inf)
+
+    def sample(self, n: int, ctx: SamplingContext, generator: torch.Generator) -> Tensor:
+        """(n, B, n_partons, 3) samples (pt, eta, phi)."""
+        lp = self._pick_logp(ctx)
+        probs = torch.exp(lp) + 1e-300 * torch.isneginf(lp).all(-1, keepdim=True).double()
+        pick = torch.multinomial(probs, n, replacement=True, generator=generator).T  # (n, B)
+        u = torch.rand(n, len(ctx.events), ctx.integrand.n, 3, generator=generator,
+                       dtype=torch.float64)
+        return self.transform(u, ctx, pick)
+
+    def transform(self, u: Tensor, ctx: SamplingContext, pick: Tensor) -> Tensor:
+        r"""Map uniforms u (S, B, n, 3) ∈ (0,1) to z for assignments ``pick`` (S, B).
+
+        Gaussian coordinates are :math:`c + w\,\Phi^{-1}(u)` (φ then wrapped), a uniform φ is
+        :math:`2\pi u - \pi`; resonance blocks use u[b, 0], u[c, 0] and the neutrino's u[ν, 1];
+        the recoil's :math:`\vec a = \text{balance} + \sigma_h \Phi^{-1}(u_{r,0}, u_{r,2})`.
+        The density of z is :meth:`log_prob` (for one assignment when ``ctx`` allows only that
+        one): the VEGAS baseline integrates in these u.
+        """
+        centre, width, _ = self._centres(ctx)
+        c, w = _gather_pick(centre, pick), _gather_pick(width, pick)
+        uc = u.clamp(1e-15, 1 - 1e-15)
+        eps = torch.special.ndtri(uc)
+        finite_w = torch.where(torch.isinf(w), 1.0, w)
+        z = c + finite_w * eps
+        phi = torch.where(torch.isinf(w[..., 2]), _TWO_PI * uc[..., 2] - math.pi, _wrap(z[..., 2]))
+        z = torch.stack([torch.exp(z[..., 0]), z[..., 1], phi], -1)
+        integ = ctx.integrand
+        chains, nu, ltop = self.blocks(integ)
+        for chain in chains:
+            mean, sd = self._chain_law(chain, z, c, finite_w)
+            z = z.clone()
+            z[..., chain.a, 0] = torch.exp(mean + _COMBINE_SCALE * sd * eps[..., chain.a, 0])
+            z = chain.transform(z, uc)
+        if ltop is not None:
+            xs, gs, ok = ltop.roots(z, self._others_sum(z, integ, ltop.b))
+            x = ltop.sample_x(uc[..., ltop.b, 0], c[..., ltop.b, 0], finite_w[..., ltop.b, 0],
+                              xs, gs, ok)
+            z = z.clone()
+            z[..., ltop.b, 0] = torch.exp(x)
+            p_plus: Tensor | float = ltop.p_plus(x, xs, gs, ok)
+        else:
+            p_plus = 0.5
+        r = integ.recoil
+        bal = self._balance(z, integ)
+        a = bal + ctx.kernel_sigma[:, None] * eps[..., r, :][..., [0, 2]]
+        z = z.clone()
+        z[..., r, 0] = torch.linalg.vector_norm(a, dim=-1)
+        z[..., r, 2] = torch.atan2(a[..., 1], a[..., 0])
+        if nu is not None:
+            z[..., r, 1] = nu.eta(z, bal, uc[..., r, 1], p_plus)
+        return z
+
+    @staticmethod
+    def _chain_law(chain: HadronicChain, z: Tensor, c: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+        """Law of log p_T,a of a chain: z (S, B, n, 3) angles; c, w centres/widths broadcasting
+        to (..., n, 3) per assignment (picked: (S, B, n, 3); all: (1, B, P, n, 3))."""
+        g = chain.gs(z)
+        if c.dim() == 5:
+            g = tuple(x[..., None] for x in g)
+        k = chain.c if chain.c is not None else chain.a
+        return chain.combine(g, c[..., chain.a, 0], w[..., chain.a, 0], c[..., chain.b, 0],
+                             w[..., chain.b, 0], c[..., k, 0], w[..., k, 0])
+
+    @staticmethod
+    def _others_sum(z: Tensor, integ: MEMIntegrand, skip: int) -> Tensor:
+        """(S, B, 2) Σ p_T of the partons other than the recoil and ``skip``."""
+        keep = torch.ones(integ.n, dtype=torch.bool)
+        keep[[integ.recoil, skip]] = False
+        pt, phi = z[..., keep, 0], z[..., keep, 2]
+        return torch.stack([(pt * torch.cos(phi)).sum(-1), (pt * torch.sin(phi)).sum(-1)], -1)
+
+    @staticmethod
+    def _balance(z: Tensor, integ: MEMIntegrand) -> Tensor:
+        """(S, B, 2) −Σ p_T of the non-recoil partons."""
+        others = torch.ones(integ.n, dtype=torch.bool)
+        others[integ.recoil] = False
+        pt, phi = z[..., others, 0], z[..., others, 2]
+        return -torch.stack([(pt * torch.cos(phi)).sum(-1), (pt * torch.sin(phi)).sum(-1)], -1)
+
+    def log_prob(self, z: Tensor, ctx: SamplingContext) -> Tensor:
+        """(S, B) log density of the channel at z (S, B, n, 3)."""
+        lp, rest = self._log_terms(z, ctx)
+        out = torch.logsumexp(lp + self._pick_logp(ctx)[None], -1) + rest
+        return torch.where(torch.isnan(out), -math.inf, out)
+
+    def log_prob_assignment(self, z: Tensor, ctx: SamplingContext, pick: Tensor) -> Tensor:
+        """(S, B) log density of z given the assignment ``pick`` (S, B) (VEGAS baseline)."""
+        lp, rest = self._log_terms(z, ctx)
+        out = torch.gather(lp, -1, pick[..., None])[..., 0] + rest
+        return torch.where(torch.isnan(out), -math.inf, out)
+
+    def _log_terms(self, z: Tensor, ctx: SamplingContext) -> tuple[Tensor, Tensor]:
+        """Per-assignment part (S, B, P) and assignment-free part (S, B) of log q(z)."""
+        integ = ctx.integrand
+        r = integ.recoil
+        centre, width, _ = self._centres(ctx)
+        tf_pt, others, recoil_eta = self._masks(integ)
+        zz = z[:, :, None]  # (S, B, 1, n, 3)
+        lpt = torch.log(zz[..., 0])
+        inv_phi = torch.isinf(width[..., 2])
+        ww = torch.where(torch.isinf(width), 1.0, width)
+        l_pt = _log_normal(lpt, centre[..., 0], ww[..., 0]) - lpt
+        l_ang = (_log_normal(zz[..., 1], centre[..., 1], ww[..., 1])
+                 + torch.where(inv_phi, -math.log(_TWO_PI),
+                               _log_wrapped_normal(zz[..., 2], centre[..., 2], ww[..., 2])))
+        chains, nu, ltop = self.blocks(integ)
+        p_plus: Tensor | float = 0.5
+        if ltop is not None:
+            xs, gs, ok = ltop.roots(z, self._others_sum(z, integ, ltop.b))
+            p_plus = ltop.p_plus(lpt[..., 0, ltop.b], xs, gs, ok)
+            part, lw_g = ltop.log_cauchy_part(lpt[..., 0, ltop.b], xs, gs, ok)
+            # Per unit p_T: the log-p_T densities carry the 1/p_T Jacobian.
+            lb = torch.logaddexp(part[..., None] - lpt[..., ltop.b],
+                                 lw_g[..., None] + l_pt[..., ltop.b])
+            l_pt = l_pt.clone()
+            l_pt[..., ltop.b] = lb
+        for chain in chains:
+            mean, sd = self._chain_law(chain, z, centre[None], ww[None])
+            la = lpt[..., chain.a]
+            l_pt = l_pt.clone()
+            l_pt[..., chain.a] = _log_normal(la, mean, _COMBINE_SCALE * sd) - la
+        lp = (torch.where(tf_pt, l_pt, 0.0) + torch.where(others, l_ang, 0.0)).sum(-1)
+        if recoil_eta:
+            lp = lp + _log_normal(zz[..., r, 1], centre[..., r, 1], ww[..., r, 1])
+        lq = torch.zeros(z.shape[:2], dtype=z.dtype)
+        for chain in chains:
+            lq = lq + chain.log_prob(z)
+        bal = self._balance(z, integ)
+        if nu is not None:
+            lq = lq + nu.log_prob(z, bal, p_plus)
+        a = torch.stack([z[..., r, 0] * torch.cos(z[..., r, 2]),
+                         z[..., r, 0] * torch.sin(z[..., r, 2])], -1)
+        sig = ctx.kernel_sigma
+        lh = (-0.5 * ((a - bal) ** 2).sum(-1) / sig**2 - torch.log(_TWO_PI * sig**2)
+              + torch.log(z[..., r, 0]))
+        return lp, lq + lh
+
+
+class CINNChannel:
+    """The cINN posterior q(p | x) as a channel (:class:`~unfoldmem.flows.cinn.CINN`).
+
+    Arguments:
+        model: trained cINN whose parton objects are the process final state (``order`` maps
+            process partons to the model's objects).
+        order: (n,) model object index of each process parton (default identity).
+    """
+
+    def __init__(self, model: Any, order: Sequence[int] | None = None) -> None:
+        self.model = model.eval()
+        self.order = None if order is None else torch.as_tensor(order, dtype=torch.long)
+
+    def _idx(self, n: int) -> Tensor:
+        return torch.arange(n) if self.order is None else self.order
+
+    def sample(self, n: int, ctx: SamplingContext, generator: torch.Generator) -> Tensor:
+        """(n, B, n_partons, 3); the flow uses torch's global RNG, re-seeded from ``generator``."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            v = self.model.sample_partons(n, ctx.events.objects, ctx.events.mask)
+        return v[..., self._idx(ctx.integrand.n), :3].to(torch.float64)
+
+    def log_prob(self, z: Tensor, ctx: SamplingContext) -> Tensor:
+        """(S, B) log q(z | x) per unit (pt, eta, phi)."""
+        s, b, n, _ = z.shape
+        enc = self.model.parton_encoding
+        n_model = enc.n_objects
+        v = enc.fixed_mass.to(torch.float64).expand(s, b, n_model)[..., None].repeat(1, 1, 1, 4)
+        v[..., self._idx(n), :3] = z
+        v[..., 3] = enc.fixed_mass.to(torch.float64)
+        obj = ctx.events.objects.expand(s, *ctx.events.objects.shape).reshape(s * b, -1, 7)
+        msk = ctx.events.mask.expand(s, *ctx.events.mask.shape).reshape(s * b, -1)
+        with torch.no_grad():
+            lq = self.model.log_prob_partons(v.reshape(s * b, n_model, 4), obj, msk).view(s, b)
+        return torch.where(torch.isnan(lq), -math.inf, lq.double())
