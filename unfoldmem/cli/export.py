@@ -28,6 +28,7 @@ def export(
 
     Example: ``unfoldmem export models/cinn --format onnx -o out/onnx``
     """
+    from unfoldmem.errors import ModelError
     from unfoldmem.flows.export import FORMATS, export_model
     from unfoldmem.flows.model_dir import load_model
     from unfoldmem.io.atomic import atomic_path, check_writable
@@ -40,6 +41,11 @@ def export(
         raise typer.BadParameter(msg, param_hint="--dtype")
     check_writable(output, overwrite)
     loaded = load_model(model)
+    if fmt == "onnx" and loaded.encodings.get("parton", {}).get(
+            "parametrization") == "resonances":
+        msg = ("a cINN in resonance coordinates does not export to ONNX (its decoding needs "
+               "atan2, which onnxruntime has no kernel for); use --format torchscript")
+        raise ModelError(str(model), msg)
     with atomic_path(output, overwrite, directory=True) as tmp:
         manifest = export_model(loaded.model, tmp, fmt, dtype)
         manifest["source"] = str(model)

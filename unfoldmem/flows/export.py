@@ -187,7 +187,9 @@ class CINNSampler(nn.Module):
     def __init__(self, model: CINN) -> None:
         super().__init__()
         self.model = model
-        self.enc = _StaticEncoding(model.parton_encoding)
+        enc = model.parton_encoding
+        # ResonanceEncoding's inverse has no boolean selections to freeze and traces as it is
+        self.enc = _StaticEncoding(enc) if isinstance(enc, ObjectEncoding) else enc
         self.flow = _StaticFlow(model.flow)
         self.dtype = model._dtype
         self.n_features = model.parton_encoding.n_features
@@ -206,7 +208,13 @@ class CINNSampler(nn.Module):
                            cont[..., 2:], objects[..., 4:6], onehot], -1)
         feats = (feats * mask[..., None].double()).to(self.dtype)
         c = self.model.condition(feats, mask.bool())
-        return self.enc.inverse(self.flow.inverse(z.to(self.dtype), c))
+        x = self.flow.inverse(z.to(self.dtype), c)
+        if isinstance(self.enc, _StaticEncoding) or not self.enc.fixed_pt:
+            return self.enc.inverse(x)
+        # The resonance encoding draws the partons' total pT from its N(0, 1 GeV) smearing with
+        # torch's global generator; a graph must be a function of (reco, mask, z), so the
+        # exported sampler puts it at its leading-order value, exactly 0.
+        return self.enc.inverse(x, transverse=x.new_zeros(*x.shape[:-1], 2, dtype=torch.float64))
 
 
 class TransferLogDensity(nn.Module):

@@ -254,6 +254,8 @@ class ResonanceEncoding(nn.Module):
         self.fixed_pt, self.relative_phi = bool(fixed_pt), bool(relative_phi)
         self.mass_offset, self.pt_sigma = float(mass_offset), float(pt_sigma)
         self.register_buffer("free_mass", free)
+        # plain indices, so that inverse() traces without data-dependent shapes (export)
+        self.free_index = [i for i, f in enumerate(free.tolist()) if f]
         self.register_buffer("fixed_mass", fixed.to(torch.float64))
         d = (len(self.roots) * (1 if fixed_pt else 3) + 3 * len(self.nodes) + int(free.sum()))
         self.register_buffer("mean", torch.zeros(d, dtype=torch.float64) if mean is None
@@ -385,13 +387,13 @@ class ResonanceEncoding(nn.Module):
         if self.fixed_pt and transverse is None:
             transverse = self.pt_sigma * torch.randn(*raw.shape[:-1], 2, dtype=torch.float64,
                                                      device=raw.device)
-        nr, nn_, nf = len(self.roots), len(self.nodes), int(self.free_mass.sum())
+        nr, nn_, nf = len(self.roots), len(self.nodes), len(self.free_index)
         per = 1 if self.fixed_pt else 3
         root_raw = raw[..., : per * nr]
         mnode = torch.exp(raw[..., per * nr : per * nr + nn_])
         at = per * nr + nn_
         m_leaf = self.fixed_mass.expand((*raw.shape[:-1], self.n_objects)).clone()
-        m_leaf[..., self.free_mass] = torch.exp(raw[..., at : at + nf]) - self.mass_offset
+        m_leaf[..., self.free_index] = torch.exp(raw[..., at : at + nf]) - self.mass_offset
         ang = raw[..., at + nf :]
         mass = {i: m_leaf[..., i] for i in range(self.n_objects)}
         mass.update({-j - 1: mnode[..., j] for j in range(nn_)})
@@ -410,7 +412,9 @@ class ResonanceEncoding(nn.Module):
                 phi0 = phir if phi0 is None else phi0
                 px, py = ptr * torch.cos(phir), ptr * torch.sin(phir)
             mt = torch.sqrt(px * px + py * py + mass[r] ** 2)
-            mom[r] = torch.stack([mt * torch.cosh(y), px, py, mt * torch.sinh(y)], -1)
+            # cosh/sinh through exp: onnxruntime has no float64 Cosh/Sinh kernels (export)
+            ey = torch.exp(y)
+            mom[r] = torch.stack([0.5 * mt * (ey + 1 / ey), px, py, 0.5 * mt * (ey - 1 / ey)], -1)
         for j in reversed(range(nn_)):
             a, b = self.nodes[j]
             big, mj = mom[-j - 1], mass[-j - 1]

@@ -78,13 +78,24 @@ def p3_abs(p: Tensor) -> Tensor:
     return torch.sqrt(_safe(r2)) * (r2 > 0)
 
 
+def _asinh(x: Tensor) -> Tensor:
+    """asinh through log1p, exact to rounding: exported graphs need it (onnxruntime has no
+    float64 Asinh kernel). Large arguments take asinh(a) = log(2a) to avoid overflowing a²."""
+    a = x.abs()
+    small = a.clamp(max=1e150)
+    big = a.clamp(min=1e150)
+    out = torch.where(a > 1e150, torch.log(2 * big),
+                      torch.log1p(small + small * small / (1 + torch.sqrt(1 + small * small))))
+    return torch.where(x < 0, -out, out)
+
+
 def eta(p: Tensor) -> Tensor:
     r"""Pseudorapidity :math:`\operatorname{asinh}(p_z/p_T)`, clamped to ±:data:`ETA_MAX`.
 
     At :math:`p_T = 0` it is :math:`\pm` ETA_MAX (0 for the null vector), never NaN.
     (..., 4) -> (...).
     """
-    out = torch.asinh(p[..., 3] / _safe(pt(p)))
+    out = _asinh(p[..., 3] / _safe(pt(p)))
     out = torch.where(p[..., 3] == 0, torch.zeros_like(out), out)
     return out.clamp(-ETA_MAX, ETA_MAX)
 
