@@ -3,7 +3,7 @@ PY := .venv/bin/python
 STAMP := .venv/.installed
 PYTEST_FLAGS ?= -q -x -p no:cacheprovider
 
-.PHONY: setup demo test validate bench lint clean
+.PHONY: bench-quick setup demo test validate bench lint clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,9 @@ validate: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
+
+bench-quick: $(STAMP)
+	$(PY) -m benchmarks.run_all --quick
 
 lint: $(STAMP)
 	.venv/bin/ruff check .

@@ -48,7 +48,8 @@ PEER_KEYS = ("baseline", "baseline_value", "ratio")
 QUICK_ARGS: dict[str, dict[str, str]] = {
     "bench_flows": {"--events": "200", "--samples": "20", "--train-events": "2000"},
     "bench_matrix_elements": {"--batch": "5000"},
-    "bench_mem": {"--events": "2", "--epochs": "2", "--train-events": "2000", "--precision": "0.05"},
+    "bench_mem": {"--events": "2", "--ttbar-events": "1", "--n-max": "65536", "--epochs": "2",
+                  "--train-events": "2000", "--precision": "0.05"},
     "bench_physics_core": {"--n": "10000"},
     "bench_simulation": {"--events": "2000", "--detector-events": "100000",
                          "--rss-events": "20000"},
