@@ -228,6 +228,7 @@ class TransferLogDensity(nn.Module):
     def __init__(self, model: TransferFlow) -> None:
         super().__init__()
         self.model = model
+        model.freeze_pairs()
         self.penc = _StaticEncoding(model.parton_encoding)
         self.rencs = nn.ModuleList(_StaticEncoding(e) for e in model.reco_encodings)
         self.flows = nn.ModuleList(_StaticFlow(f) for f in model.flows)
@@ -253,8 +254,11 @@ class TransferLogDensity(nn.Module):
             # one-hot (B, S, count): the kept objects in slot order, as TransferFlow gathers them
             onehot = (keep[..., None] & (pos[..., None] == slots)).double()
             objs = torch.einsum("bsj,bsf->bjf", onehot, reco[..., :4].double())
+            # parton-relative residuals and the unpaired jets' acceptance map, as TransferFlow
+            objs, l_pseudo = self.model.pseudo_objects(k, objs, partons.double())
             y, ladj = enc(objs)
-            lp = logits[..., k] + flow.log_prob(y.to(self.dtype), ctx).double() + ladj
+            lp = (logits[..., k] + flow.log_prob(y.to(self.dtype), ctx).double() + ladj
+                  + l_pseudo)
             hit = n_jets >= m if (k == last and self.open_last) else n_jets == m
             out = torch.where(hit, lp, out)
         return out

@@ -15,6 +15,17 @@ efficiency :math:`\epsilon(p)` is a separate factor of the MEM). In an open last
 ("6+") the flow models the leading jets (the first ``multiplicity`` jets in slot order) and the
 density is marginal over any further jets.
 
+With ``residual`` (:class:`~unfoldmem.cards.model.TransferConfig`) the jets and leptons paired
+with a parton (:mod:`unfoldmem.flows.residual`: pT ratio, η and φ differences) enter
+:math:`y_k` relative to their parton, so the flow learns resolutions, not the parton kinematics
+itself. Which partons are paired with jets (leptons) is found from the training data: those with a
+reco jet within ΔR < 0.4 (lepton within ΔR < 0.1) in more than half of the events; they are
+buffers of the model (``jet_partons``, ``lepton_partons``). With ``reco_mass: drop`` no mass is a
+flow variable and W is a density in (pT, η, φ) only, like the parametric detector's exact
+density, whose jet mass :math:`m E'/E` is no independent variable; sampled paired objects then
+keep their parton's velocity (:func:`~unfoldmem.flows.residual.velocity_mass`), others the
+training mean mass.
+
 Reco events use the padded layout of :func:`~unfoldmem.flows.encoding.pad_reco`:
 (..., slots, 7) columns (pt, eta, phi, m, btag, charge, type) and a mask; the non-jet objects
 (MET, leptons) must be the same number in every event; jets are type 3.
@@ -50,10 +61,23 @@ from zuko.nn import MLP
 from unfoldmem.cards.model import EncodingConfig, FlowConfig, TransferConfig
 from unfoldmem.flows.cinn import CouplingNSF
 from unfoldmem.flows.encoding import ObjectEncoding
+from unfoldmem.flows.residual import (
+    from_acceptance,
+    from_residual,
+    match_fraction,
+    paired_partons,
+    to_acceptance,
+    to_residual,
+    velocity_mass,
+)
 
-__all__ = ["TransferFlow", "TransferDistribution", "jet_count"]
+__all__ = ["LAYOUT_VERSION", "TransferFlow", "TransferDistribution", "jet_count"]
 
 JET = 3
+LEPTONS = (1.0, 2.0)
+#: 2: the parton-pairing buffers ``jet_partons`` / ``lepton_partons`` (residual parametrisation).
+LAYOUT_VERSION = 2
+_JET_DR, _LEPTON_DR, _MIN_MATCH = 0.4, 0.1, 0.5
 
 
 def jet_count(reco: Tensor, mask: Tensor) -> Tensor:
@@ -118,6 +142,21 @@ class TransferFlow(nn.Module):
                               activation=nn.SiLU)
         types = torch.zeros(0) if fixed_types is None else torch.as_tensor(fixed_types)
         self.register_buffer("fixed_types", types.to(torch.float64))
+        no = torch.zeros(parton_encoding.n_objects, dtype=torch.bool)
+        self.register_buffer("jet_partons", no.clone())
+        self.register_buffer("lepton_partons", no.clone())
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # models written before layout 2 have no pairing buffers: fine for the absolute layout
+        missing = [k for k in ("jet_partons", "lepton_partons") if prefix + k not in state_dict]
+        if missing and self.config.residual:
+            msg = (f"the weights have no {', '.join(missing)}: written before transfer layout "
+                   f"version {LAYOUT_VERSION}, they cannot be read as a 'transfer.residual: true' "
+                   "model; retrain, or set 'residual: false' under 'transfer' in its card.yaml")
+            raise ValueError(msg)
+        for k in missing:
+            state_dict[prefix + k] = getattr(self, k).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @property
     def multiplicities(self) -> list[int]:
@@ -156,19 +195,119 @@ class TransferFlow(nn.Module):
         encoding = encoding or EncodingConfig()
         kw = {"relative_phi": encoding.relative_phi, "mass_offset": encoding.mass_offset}
         penc = ObjectEncoding.fit(partons, weight, **kw)
-        probe = cls(penc, [penc] * len(config.multiplicities), config, FlowConfig(transforms=1,
-                                                                              hidden=[1]))
+        first = reco[0][mask[0] & (reco[0, :, 6] != JET)]
+        probe = cls(penc, [penc] * len(config.multiplicities), config,
+                    FlowConfig(transforms=1, hidden=[1]), first[:, 6])
+        objs_all = reco[..., :3].double()
+        is_jet = mask & (reco[..., 6] == JET)
+        is_lep = mask & ((reco[..., 6] == LEPTONS[0]) | (reco[..., 6] == LEPTONS[1]))
+        probe.jet_partons = match_fraction(partons, objs_all, is_jet, _JET_DR) > _MIN_MATCH
+        probe.lepton_partons = ((match_fraction(partons, objs_all, is_lep, _LEPTON_DR) > _MIN_MATCH)
+                                & ~probe.jet_partons)
         classes = probe.class_of(jet_count(reco, mask))
+        if config.residual:
+            kw["relative_phi"] = False  # paired φ are differences already; ISR/MET φ are uniform
         encs = []
         for k, m in enumerate(config.multiplicities):
             rows = classes == k
             if not bool(rows.any()):
                 msg = f"no training event has {m} jets (multiplicities {config.multiplicities})"
                 raise ValueError(msg)
-            objs = _gather(reco[rows], mask[rows], m)
-            encs.append(ObjectEncoding.fit(objs, None if weight is None else weight[rows], **kw))
-        first = reco[0][mask[0] & (reco[0, :, 6] != JET)]
-        return cls(penc, encs, config, flow, first[:, 6])
+            w = None if weight is None else weight[rows]
+            objs, lj = probe.pseudo_objects(k, _gather(reco[rows], mask[rows], m), partons[rows])
+            if not bool(torch.isfinite(lj).all()):
+                msg = (f"{int((~torch.isfinite(lj)).sum())} training events with {m} jets have a "
+                       f"jet outside jet_pt_min = {config.jet_pt_min} GeV / jet_eta_max = "
+                       f"{config.jet_eta_max}, or jets not in descending pt order")
+                raise ValueError(msg)
+            if config.reco_mass == "drop":  # a constant mass column is no flow variable
+                mean = (objs[..., 3] * (1.0 if w is None else w.double()[:, None])).sum(0)
+                objs[..., 3] = mean / (objs.shape[0] if w is None else float(w.sum()))
+            encs.append(ObjectEncoding.fit(objs, w, **kw))
+        model = cls(penc, encs, config, flow, first[:, 6])
+        model.jet_partons.copy_(probe.jet_partons)
+        model.lepton_partons.copy_(probe.lepton_partons)
+        return model
+
+    def _pair_candidates(self) -> tuple[list[int], list[int], list[int]]:
+        """Lepton slots, lepton partons and jet partons as Python lists (frozen for export)."""
+        frozen = getattr(self, "_frozen_pairs", None)
+        if frozen is not None:
+            return frozen
+        return ([i for i, t in enumerate(self.fixed_types.tolist()) if t in LEPTONS],
+                self.lepton_partons.nonzero()[:, 0].tolist(),
+                self.jet_partons.nonzero()[:, 0].tolist())
+
+    def freeze_pairs(self) -> None:
+        """Read the pairing buffers once into constants, so that torch.export sees no
+        data-dependent reads (call on a loaded model before exporting it)."""
+        self._frozen_pairs = None
+        self._frozen_pairs = self._pair_candidates()
+
+    def pairs(self, k: int, partons: Tensor) -> tuple[list[int], Tensor]:
+        """Which objects of class k are paired, and with which partons.
+
+        Arguments:
+            k: class index. partons: (..., n_partons, 4) (pt, eta, phi, m).
+
+        Returns:
+            positions of the paired objects in the class's object list (non-jets first, then
+            jets in slot order) and their partons (..., n_paired, 4).
+        """
+        nfix = int(self.fixed_types.shape[0])
+        by_pt = self.config.pairing == "pt"
+        jets = list(range(nfix, nfix + self.multiplicities[k]))
+        leps, lep_cand, jet_cand = self._pair_candidates()
+        idx: list[int] = []
+        parts = []
+        for group, cand in ((leps, lep_cand), (jets, jet_cand)):
+            pp = paired_partons(partons, cand, len(group), by_pt)
+            idx += group[: pp.shape[-2]]
+            parts.append(pp.double())
+        return idx, torch.cat(parts, -2)
+
+    def _unpaired_jets(self, k: int, idx: list[int]) -> list[int]:
+        nfix = int(self.fixed_types.shape[0])
+        return [i for i in range(nfix, nfix + self.multiplicities[k]) if i not in idx]
+
+    def pseudo_objects(self, k: int, objs: Tensor, partons: Tensor) -> tuple[Tensor, Tensor]:
+        """Class-k objects (..., n, 4) -> the pseudo-objects its encoding takes (residuals of
+        paired objects, acceptance map of unpaired jets) and their log-Jacobian (...)."""
+        idx, pp = self.pairs(k, partons) if self.config.residual else ([], None)
+        cfg = self.config
+        pseudo, l_acc = to_acceptance(objs, self._unpaired_jets(k, idx), cfg.jet_pt_min,
+                                      cfg.jet_eta_max)
+        if not idx:
+            return pseudo, l_acc
+        pseudo, l_res = to_residual(pseudo, pp, idx)
+        return pseudo, l_acc + l_res
+
+    def encode(self, k: int, objs: Tensor, partons: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Class-k reco objects -> flow features and :math:`\log|\det\partial y/\partial x|`.
+
+        Arguments:
+            k: class index; objs (..., n_objects_k, 4) (pt, eta, phi, m), partons
+            (..., n_partons, 4) broadcastable.
+
+        Returns:
+            features (..., D_k) float64, log-Jacobian (...) over (pt, eta, phi[, m]).
+        """
+        pseudo, l_res = self.pseudo_objects(k, objs, partons)
+        y, l_enc = self.reco_encodings[k](pseudo)
+        return y, l_res + l_enc
+
+    def decode(self, k: int, y: Tensor, partons: Tensor) -> Tensor:
+        """Inverse of :meth:`encode`: features (..., D_k) -> objects (..., n_objects_k, 4)."""
+        objs = self.reco_encodings[k].inverse(y)
+        cfg = self.config
+        idx, pp = self.pairs(k, partons)
+        objs = from_acceptance(objs, self._unpaired_jets(k, idx if cfg.residual else []),
+                               cfg.jet_pt_min, cfg.jet_eta_max)
+        if cfg.residual:
+            objs = from_residual(objs, pp, idx)
+        if cfg.reco_mass == "drop" and idx:
+            objs[..., idx, 3] = velocity_mass(objs[..., idx, :], pp)
+        return objs
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -180,7 +319,7 @@ class TransferFlow(nn.Module):
 
     def forward(self, partons: Tensor) -> TransferDistribution:
         """W(· | partons) for partons (B, n_partons, 4) (pt, eta, phi, m)."""
-        return TransferDistribution(self, self.context(partons))
+        return TransferDistribution(self, self.context(partons), partons)
 
     def prepare(
         self, partons: Tensor, reco: Tensor, mask: Tensor, weight: Tensor | None = None
@@ -200,7 +339,7 @@ class TransferFlow(nn.Module):
         for k, m in enumerate(self.multiplicities):
             rows = classes == k
             if bool(rows.any()):
-                y, _ = self.reco_encodings[k](_gather(reco[rows], mask[rows], m))
+                y, _ = self.encode(k, _gather(reco[rows], mask[rows], m), partons[rows])
                 x[rows, : y.shape[-1]] = y.to(self._dtype)
         w = torch.ones(reco.shape[0], dtype=torch.float64) if weight is None else weight.double()
         return {"context": self.context(partons), "cls": classes, "x": x, "weight": w}
@@ -228,9 +367,10 @@ class TransferDistribution(Distribution):
 
     arg_constraints: dict[str, Any] = {}  # noqa: RUF012 (torch's own class attribute)
 
-    def __init__(self, model: TransferFlow, context: Tensor) -> None:
+    def __init__(self, model: TransferFlow, context: Tensor, partons: Tensor) -> None:
         self.model = model
         self.ctx = context
+        self.partons = partons.to(torch.float64)
         self.logits = torch.log_softmax(model.classifier(context), -1)
         super().__init__(batch_shape=context.shape[:-1], validate_args=False)
 
@@ -242,13 +382,15 @@ class TransferDistribution(Distribution):
         mask = mask.expand(*lead, mask.shape[-1]).reshape(-1, mask.shape[-1])
         ctx = self.ctx.expand(*lead, self.ctx.shape[-1]).reshape(-1, self.ctx.shape[-1])
         logits = self.logits.expand(*lead, self.logits.shape[-1]).reshape(-1, self.logits.shape[-1])
+        par = self.partons.expand(*lead, *self.partons.shape[-2:]).reshape(
+            -1, *self.partons.shape[-2:])
         classes = self.model.class_of(jet_count(value, mask))
         out = torch.full(classes.shape, -torch.inf, dtype=torch.float64, device=ctx.device)
         for k, m in enumerate(self.model.multiplicities):
             rows = classes == k
             if not bool(rows.any()):
                 continue
-            y, ladj = self.model.reco_encodings[k](_gather(value[rows], mask[rows], m))
+            y, ladj = self.model.encode(k, _gather(value[rows], mask[rows], m), par[rows])
             lq = self.model.flows[k](ctx[rows]).log_prob(y.to(ctx.dtype)).double()
             out[rows] = logits[rows, k].double() + lq + ladj
         return out.view(lead)
@@ -262,7 +404,7 @@ class TransferDistribution(Distribution):
         out = self.ctx.new_zeros(*shape, *self.batch_shape, slots, 7, dtype=torch.float64)
         k_draw = Categorical(logits=self.logits).sample(shape)
         for k, m in enumerate(self.model.multiplicities):
-            objs = self.model.reco_encodings[k].inverse(self.model.flows[k](self.ctx).sample(shape))
+            objs = self.model.decode(k, self.model.flows[k](self.ctx).sample(shape), self.partons)
             sel = k_draw == k
             out[..., : nfix + m, :4][sel] = objs[sel]
             out[..., :nfix, 6][sel] = self.model.fixed_types
