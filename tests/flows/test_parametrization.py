@@ -16,6 +16,7 @@ from unfoldmem.flows.parametrization import (
     ResonanceEncoding,
     decay_tree,
     infer_tree,
+    narrow_tree,
     parton_encoding_from_dict,
 )
 from unfoldmem.physics import lorentz
@@ -99,6 +100,16 @@ def test_infer_tree_finds_w_and_top() -> None:
     norm = sorted(sorted(map(str, (t if isinstance(t, list) else [t]))) for t in tree)
     assert norm == sorted([sorted(["0", "[1, 2]"]), sorted(["3", "[4, 5]"])])
     assert infer_tree(dilepton(2000)) in ([[0, 1]], [[1, 0]])
+
+
+def test_narrow_tree_keeps_resonances_only() -> None:
+    """PDG pairing kept where the pair mass is a resonance (Z: N(91, 3)), dissolved where it is
+    not (a 60 e^{0.3 z} continuum); tt̄'s tops and W's all kept."""
+    pair = decay_tree([13, -13])
+    assert narrow_tree(pair, dilepton(2000)) == pair
+    assert sorted(narrow_tree(pair, dilepton(2000, wide=True))) == [0, 1]
+    tt = decay_tree([5, -13, 14, -5, 1, -2])
+    assert narrow_tree(tt, ttbar_partons(2000)) == tt
 
 
 @pytest.mark.parametrize("case", ["ttbar", "ttbar_kick", "dilepton", "dilepton_atrest"])

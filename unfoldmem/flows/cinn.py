@@ -51,7 +51,7 @@ from zuko.utils import unpack
 
 from unfoldmem.cards.model import ConditionConfig, EncodingConfig, FlowConfig
 from unfoldmem.flows.encoding import ObjectEncoding, RecoEncoding
-from unfoldmem.flows.parametrization import ResonanceEncoding, decay_tree
+from unfoldmem.flows.parametrization import ResonanceEncoding, decay_tree, narrow_tree
 
 __all__ = ["CouplingNSF", "ConditionNet", "CINN", "rqs_inverse"]
 
@@ -433,7 +433,7 @@ class CINN(nn.Module):
         penc: ObjectEncoding | ResonanceEncoding
         penc = ObjectEncoding.fit(partons, weight, encoding.relative_phi, encoding.mass_offset)
         if encoding.parton_coordinates == "resonances":
-            tree = None if pdg is None else decay_tree(pdg)
+            tree = None if pdg is None else narrow_tree(decay_tree(pdg), partons)
             renc = ResonanceEncoding.fit(partons, weight, tree, encoding.relative_phi,
                                          encoding.mass_offset)
             if renc.nodes:

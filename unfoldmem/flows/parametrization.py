@@ -64,6 +64,7 @@ __all__ = [
     "ResonanceEncoding",
     "decay_tree",
     "infer_tree",
+    "narrow_tree",
     "parton_encoding_from_dict",
 ]
 
@@ -170,6 +171,38 @@ def infer_tree(objects: Tensor, tolerance: float = 0.05, max_events: int = 20000
         node = ([items[i][0], items[j][0]], items[i][1] + items[j][1])
         items = [node if t == i else x for t, x in enumerate(items) if t != j]
     return [c for c, _ in items]
+
+
+def narrow_tree(roots: Sequence[Any], objects: Tensor, tolerance: float = 0.05,
+                max_events: int = 20000) -> list[Any]:
+    """Keep only the nodes of a decay tree whose invariant mass is narrow in the data.
+
+    A PDG-allowed pairing is not always a resonance (two independent muons, a γ*-dominated
+    mass range); a node whose mass has an interquartile range above ``tolerance`` × its median
+    (as in :func:`infer_tree`) is dissolved into its children, which become roots.
+
+    Arguments:
+        roots: a tree as returned by :func:`decay_tree`.
+        objects: (n, k, 4) partons (pt GeV, eta, phi, m GeV).
+
+    Returns:
+        The pruned roots.
+    """
+    p = lorentz.from_ptetaphim(objects[:max_events].double())
+
+    def visit(t: Any) -> tuple[list[Any], Tensor]:
+        if not isinstance(t, list):
+            return [t], p[:, t]
+        (ra, pa), (rb, pb) = visit(t[0]), visit(t[1])
+        total = pa + pb
+        if len(ra) == 1 and len(rb) == 1 and _spread(lorentz.mass(total)) < tolerance:
+            return [[ra[0], rb[0]]], total
+        return ra + rb, total
+
+    out: list[Any] = []
+    for r in roots:
+        out += visit(r)[0]
+    return out
 
 
 def _flatten(roots: Sequence[Any]) -> tuple[list[tuple[int, int]], list[int]]:
