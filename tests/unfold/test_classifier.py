@@ -110,26 +110,3 @@ def test_bad_inputs() -> None:
         train_classifier(
             EventFeatures(torch.zeros(3)), EventFeatures(torch.ones(3)), torch.zeros(3), None, FAST
         )
-
-
-def test_warm_start_min_epochs_and_mismatch() -> None:
-    """Warm start: a continuation of a trained N(0.5,1)-vs-N(0,1) classifier starts below the
-    BCE of "no reweighting" (ln 2, the loss at p = 1/2 for balanced classes) and never ends above
-    its start; the original is not modified; ``min_epochs`` overrides the patience; a network of
-    another feature width is refused."""
-    x0, x1 = _gauss(4000, 0.0, 1), _gauss(4000, 0.5, 2)
-    a = train_classifier(EventFeatures(x0), EventFeatures(x1), config=FAST)
-    before = [p.clone() for p in a.model.parameters()]
-    cfg = FAST.model_copy(update={"epochs": 12, "patience": 1, "min_epochs": 8})
-    b = train_classifier(EventFeatures(x0), EventFeatures(x1), config=cfg, init=a)
-    start = b.history["init_val_loss"]
-    assert start < math.log(2) - 0.01
-    best = b.history["best_epoch"]
-    assert (b.history["val_loss"][best] if best >= 0 else start) <= start
-    assert len(b.history["val_loss"]) >= 8
-    assert all(torch.equal(p, q) for p, q in zip(before, a.model.parameters(), strict=True))
-    with pytest.raises(ValueError, match="warm-start"):
-        train_classifier(
-            EventFeatures(torch.stack([x0, x0], 1)), EventFeatures(torch.stack([x1, x1], 1)),
-            config=FAST, init=a,
-        )

@@ -131,17 +131,13 @@ def assert_closes_ensemble(
 
 
 def assert_closes(
-    res: Any,
-    data: dict[str, np.ndarray],
-    sim: dict[str, np.ndarray],
-    cuts: bool,
-    n_sigma: float = 2.0,
+    res: Any, data: dict[str, np.ndarray], sim: dict[str, np.ndarray], cuts: bool
 ) -> None:
     mu, sig = reference(cuts)
     u = unfolded(res, sim)
     e_mean, e_std = errors(data, u)
-    assert abs(u["mean"] - mu) < n_sigma * e_mean, (u, mu, e_mean)
-    assert abs(u["std"] - sig) < n_sigma * e_std, (u, sig, e_std)
+    assert abs(u["mean"] - mu) < 2 * e_mean, (u, mu, e_mean)
+    assert abs(u["std"] - sig) < 2 * e_std, (u, sig, e_std)
     w = res.weights().numpy()[sim["g"]]
     assert np.all(np.isfinite(w)) and np.all(w > 0)
     assert res.diverged == [] and res.usable_iteration == len(res.diagnostics)
@@ -150,8 +146,7 @@ def assert_closes(
 def test_gaussian_toy_closes() -> None:
     """Unfolded mean and width within 2σ of N(0.4, 0.9); the prior N(0, 1) is far outside."""
     data, sim = toy(3000, MU_T, SIG_T, 1, False), toy(6000, MU_S, SIG_S, 2, False)
-    # K = 3: with the warm-started step 1, K = 2 left the width at 0.954 (3.5σ; 0.921 cold)
-    res = run(data, sim, config=OmniFoldConfig(iterations=3, classifier=FAST))
+    res = run(data, sim, config=OmniFoldConfig(iterations=2, classifier=FAST))
     assert_closes(res, data, sim, cuts=False)
     prior = weighted_mean_std(sim["t"], np.ones(sim["t"].size))
     assert abs(prior["mean"] - MU_T) > 10 * errors(data, prior)[0]
@@ -168,9 +163,7 @@ def test_gaussian_toy_closes_with_misses_and_fakes() -> None:
     sim_miss, sim_fake = sim["g"] & ~sim["rr"], sim["rr"] & ~sim["g"]
     assert sim_miss.mean() > 0.1 and sim_fake.mean() > 0.005
     res = run(data, sim, config=OmniFoldConfig(iterations=4, classifier=CLF))
-    # 3σ: the data sample's own truth mean is already +1.8σ from the analytic one (0.4908 vs
-    # 0.4768), and one training adds its own noise (the ensemble closures below also use 3σ)
-    assert_closes(res, data, sim, cuts=True, n_sigma=3.0)
+    assert_closes(res, data, sim, cuts=True)
     assert {"step1b", "step2b"} <= set(res.diagnostics[-1])
     # yield: Σ w ν over gen estimates the data's number of parton-level events (5σ Poisson)
     n_gen = int(data["g"].sum())
@@ -238,9 +231,7 @@ def test_replicas_give_bootstrap_spread() -> None:
 class _Broken:
     """A classifier that outputs exactly 0 or 1 (a diverged training)."""
 
-    def __init__(
-        self, x0: EventFeatures, x1: EventFeatures, w0: Any, w1: Any, cfg: Any, init: Any = None
-    ) -> None:
+    def __init__(self, x0: EventFeatures, x1: EventFeatures, w0: Any, w1: Any, cfg: Any) -> None:
         self.cfg = cfg
 
     def likelihood_ratio(self, f: EventFeatures, *, normalized: bool = True) -> Any:

@@ -40,9 +40,7 @@ class ClassifierConfig(StrictModel):
         hidden: width of hidden layers; layers: number of hidden layers (per sub-network).
         latent: deep-set per-object embedding size.
         epochs, batch_size, lr, weight_decay: Adam training.
-        patience: early stopping on the weighted validation loss (epochs without a new best).
-        min_epochs: epochs always trained before early stopping may end the training (the
-            validation loss of a small sample is noisy enough to stop at its first wiggle).
+        patience: early stopping on the weighted validation loss.
         val_fraction: fraction of events held out for early stopping.
         p_clip: probabilities are clipped to [p_clip, 1 - p_clip]; the count is reported.
         seed: torch seed of initialisation, split and batching.
@@ -58,7 +56,6 @@ class ClassifierConfig(StrictModel):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(10, ge=1)
-    min_epochs: int = Field(0, ge=0)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     p_clip: float = Field(1e-6, ge=0, lt=0.5)
     seed: int = 0
@@ -263,58 +260,27 @@ def _weighted_bce(logits: Tensor, y: Tensor, w: Tensor) -> Tensor:
     return (w * per).sum() / w.sum()
 
 
-def _warm_model(
-    init: TrainedClassifier, x: EventFeatures, config: ClassifierConfig
-) -> EventClassifier:
-    model = copy.deepcopy(init.model)
-    n_obj = x.objects.shape[-1] if x.objects is not None else 0
-    g_norm, o_norm = model.g_norm, model.o_norm
-    ok = (
-        model.kind == config.kind
-        and g_norm is not None
-        and g_norm.mean.shape[-1] == x.globals.shape[1]
-        and ((o_norm is None) == (x.objects is None))
-        and (o_norm is None or o_norm.mean.shape[-1] == n_obj)
-    )
-    if not ok:
-        msg = "the warm-start classifier does not match these features or this architecture"
-        raise ValueError(msg)
-    model.to(config.device)
-    return model
-
-
 def train_classifier(
     x0: EventFeatures,
     x1: EventFeatures,
     w0: Tensor | None = None,
     w1: Tensor | None = None,
     config: ClassifierConfig | None = None,
-    *,
-    init: TrainedClassifier | None = None,
 ) -> TrainedClassifier:
     """Train a classifier sample 0 (label 0) vs sample 1 (label 1) with weighted BCE.
 
     Each class's weights are rescaled to the same total (balanced classes), so the trained
     :math:`p/(1-p)` estimates the ratio of normalised densities. Negative weights enter the
     loss as they are (the population minimiser is unchanged). Early stopping keeps the
-    parameters of the epoch with the lowest weighted validation loss, never stopping before
-    ``min_epochs``.
-
-    A warm start (``init``) continues from a copy of another trained classifier's network and
-    input standardisation (the original OmniFold code refits one network per step across
-    iterations): its untrained state is then a candidate too (``best_epoch`` -1).
+    parameters of the epoch with the lowest weighted validation loss.
 
     Arguments:
         x0, x1: events of the two samples (n0, n1).
         w0, w1: (n0,), (n1,) event weights; ``None`` means 1 each.
         config: architecture and training; defaults if ``None``.
-        init: classifier to start from (same feature layout and architecture); not modified.
 
     Returns:
         :class:`TrainedClassifier`.
-
-    Raises:
-        ValueError: non-positive class weight sums, or ``init`` does not fit the features.
     """
     config = config or ClassifierConfig()
     gen = torch.Generator().manual_seed(config.seed)
@@ -332,13 +298,10 @@ def train_classifier(
     w = torch.cat([w0 / s0, w1 / s1]).float() * (n / 2.0)
 
     n_obj = x.objects.shape[-1] if x.objects is not None else 0
-    if init is None:
-        model = EventClassifier(x.globals.shape[1], n_obj, config)
-        model.g_norm = _Standardizer.fit(x.globals)
-        if x.objects is not None:
-            model.o_norm = _Standardizer.fit(x.objects, x.mask)
-    else:
-        model = _warm_model(init, x, config)
+    model = EventClassifier(x.globals.shape[1], n_obj, config)
+    model.g_norm = _Standardizer.fit(x.globals)
+    if x.objects is not None:
+        model.o_norm = _Standardizer.fit(x.objects, x.mask)
     dev = config.device
     model.to(dev)
     x, y, w = x.to(dev), y.to(dev), w.to(dev)
@@ -353,11 +316,6 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
     best, best_state, best_epoch, bad = math.inf, copy.deepcopy(model.state_dict()), -1, 0
     hist: dict[str, Any] = {"train_loss": [], "val_loss": []}
-    if init is not None:
-        model.eval()
-        with torch.no_grad():
-            best = float(_weighted_bce(model(xv), yv, wv))
-        hist["init_val_loss"] = best
     for epoch in range(config.epochs):
         model.train()
         order = tr[torch.randperm(len(tr), generator=gen).to(dev)]
@@ -379,7 +337,7 @@ def train_classifier(
             best, best_state, best_epoch, bad = vloss, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             bad += 1
-            if bad >= config.patience and epoch + 1 >= config.min_epochs:
+            if bad >= config.patience:
                 break
     model.load_state_dict(best_state)
     model.eval()

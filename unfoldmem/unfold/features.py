@@ -2,10 +2,7 @@ r"""Classifier inputs and unfolding observables from the awkward event records.
 
 Detector level: every reconstructed object (jets, muons, electrons) becomes a row of
 ``(log pt, eta, cos phi, sin phi, log(1 + m), btag, charge, is_jet, is_muon, is_electron)`` for
-the deep set, with global features ``(log(1 + MET), cos φ_MET, sin φ_MET, n_jets, n_leptons, log(1 + H_T),
-log(1 + S_T), log(1 + m_vis))`` (H_T the scalar sum of jet pt, S_T = H_T + lepton pt + MET,
-m_vis the invariant mass of all jets and leptons: the hard-scale proxies that a small deep set
-trained on a few thousand events otherwise has to assemble from its per-object rows);
+the deep set, with global features ``(log(1 + MET), cos φ_MET, sin φ_MET, n_jets, n_leptons)``;
 the fixed-feature (MLP) variant takes the same rows of the leading objects flattened.
 Parton level: the process's registered observables (:mod:`unfoldmem.physics.observables`).
 All kinematics go through :mod:`unfoldmem.physics.lorentz`.
@@ -57,20 +54,6 @@ def _rows(coll: ak.Array, kind: int, has_btag: bool, has_charge: bool) -> ak.Arr
     )
 
 
-def _visible_mass(events: ak.Array) -> np.ndarray:
-    """(n,) invariant mass (GeV) of all jets, muons and electrons of each event (0 if none)."""
-    coll = [events.jets, events.muons, events.electrons]
-    cat = {f: ak.concatenate([c[f] for c in coll], axis=1) for f in ("pt", "eta", "phi", "mass")}
-    counts = np.asarray(ak.num(cat["pt"]), dtype=np.int64)
-    v = np.stack([np.asarray(ak.flatten(cat[f]), dtype=np.float64) for f in cat], axis=-1)
-    p = lorentz.from_ptetaphim(torch.from_numpy(v)).numpy()
-    idx = np.repeat(np.arange(len(counts)), counts)
-    tot = np.zeros((len(counts), 4))
-    np.add.at(tot, idx, p)
-    m2 = lorentz.mass2(torch.from_numpy(tot)).numpy()
-    return np.sqrt(np.maximum(m2, 0.0))
-
-
 def detector_features(
     events: ak.Array, kind: str = "deepset", max_objects: int = 10
 ) -> EventFeatures:
@@ -98,11 +81,6 @@ def detector_features(
         [np.asarray(ak.fill_none(padded[f], 0.0), dtype=np.float64) for f in fields], axis=-1
     )
     n_lep = np.asarray(ak.num(events.muons) + ak.num(events.electrons), dtype=np.float64)
-    met = np.asarray(events.met.pt, dtype=np.float64)
-    ht = np.asarray(ak.sum(events.jets.pt, axis=1), dtype=np.float64)
-    lpt = np.asarray(
-        ak.sum(events.muons.pt, axis=1) + ak.sum(events.electrons.pt, axis=1), dtype=np.float64
-    )
     glob = np.stack(
         [
             np.log1p(np.asarray(events.met.pt, dtype=np.float64)),
@@ -110,9 +88,6 @@ def detector_features(
             np.sin(np.asarray(events.met.phi, dtype=np.float64)),
             np.asarray(ak.num(events.jets), dtype=np.float64),
             n_lep,
-            np.log1p(ht),
-            np.log1p(ht + lpt + met),
-            np.log1p(_visible_mass(events)),
         ],
         axis=-1,
     )

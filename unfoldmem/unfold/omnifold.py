@@ -68,14 +68,6 @@ class OmniFoldConfig(StrictModel):
         clip_fraction_max: largest fraction of clipped classifier probabilities in a step
             before the iteration counts as diverged.
         stop_on_divergence: stop iterating at the first diverged iteration.
-        warm_start: the step-1 classifiers (data vs simulation, and its extension to the
-            misses) start from their network of the previous iteration, as the original
-            OmniFold code refits one model: the learning accumulates over iterations instead of
-            restarting from "no reweighting" and stopping early once the remaining difference
-            is within the noise of a small data sample's validation loss. Step 2 always starts
-            afresh: it learns an increment of the push, and a warm state kept by early
-            stopping would repeat the previous iteration's increment (an overshoot, measured on
-            the tt̄ closure).
     """
 
     iterations: int = Field(4, ge=1)
@@ -83,7 +75,6 @@ class OmniFoldConfig(StrictModel):
     diagnostics: WeightDiagnosticsConfig = Field(default_factory=WeightDiagnosticsConfig)
     clip_fraction_max: float = Field(1e-3, ge=0, le=1)
     stop_on_divergence: bool = True
-    warm_start: bool = True
 
 
 class _Ratio(Protocol):
@@ -92,8 +83,7 @@ class _Ratio(Protocol):
     ) -> tuple[Tensor, dict[str, Any]]: ...
 
 
-#: ``train_classifier``-like; called with ``init=<previous classifier>`` when warm-starting
-Trainer = Callable[..., _Ratio]
+Trainer = Callable[[EventFeatures, EventFeatures, Tensor, Tensor, ClassifierConfig], _Ratio]
 
 
 @dataclass
@@ -145,18 +135,12 @@ def _step(
     apply_to: EventFeatures,
     cfg: ClassifierConfig,
     record: dict[str, Any],
-    models: dict[str, Any] | None = None,
 ) -> Tensor:
-    init = models.get(name) if models is not None else None
-    # a trainer is only asked to warm start when there is something to start from
-    clf = trainer(x0, x1, w0, w1, cfg) if init is None else trainer(x0, x1, w0, w1, cfg, init=init)
-    if models is not None:
-        models[name] = clf
+    clf = trainer(x0, x1, w0, w1, cfg)
     ratio, clip = clf.likelihood_ratio(apply_to, normalized=False)
     hist = getattr(clf, "history", {})
     record[name] = {
         "n_train": [len(x0), len(x1)],
-        "warm_start": init is not None,
         "clipping": clip,
         "best_epoch": hist.get("best_epoch"),
         "val_loss": _best_val(hist),
@@ -249,7 +233,6 @@ def omnifold(
     pushes, pulls, records = [nu.clone()], [], []
     usable, first_bad = 0, None
     base = config.classifier
-    models: dict[str, Any] | None = {} if config.warm_start else None
 
     for k in range(1, config.iterations + 1):
         rec: dict[str, Any] = {"iteration": k}
@@ -261,10 +244,7 @@ def omnifold(
             return base.model_copy(update={"seed": base.seed + 10 * _k + step, "kind": kind})
 
         omega = nan.clone()
-        r1 = _step(
-            "step1", trainer, sim_reco[R], (w * nu)[R], data, wd, sim_reco[R], cfg(1, data), rec,
-            models,
-        )
+        r1 = _step("step1", trainer, sim_reco[R], (w * nu)[R], data, wd, sim_reco[R], cfg(1, data), rec)
         omega[R] = nu[R] * r1
         if miss.any():
             r1b = _step(
@@ -277,7 +257,6 @@ def omnifold(
                 sim_gen[miss],
                 cfg(2, sim_gen),
                 rec,
-                models,
             )
             omega[miss] = nu[miss] * r1b
         rec["pull"] = _check(
@@ -300,7 +279,6 @@ def omnifold(
             sim_gen[G],
             cfg(3, sim_gen),
             rec,
-            None,
         )
         new[G] = nu[G] * r2
         if fake.any():
@@ -314,7 +292,6 @@ def omnifold(
                 sim_reco[fake],
                 cfg(4, sim_reco),
                 rec,
-                None,
             )
             new[fake] = nu[fake] * r2b
         rec["push"] = _check(
