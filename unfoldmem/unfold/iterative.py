@@ -170,7 +170,9 @@ def train_cinn(
     if seed is not None:
         update["seed"] = seed
     cfg = card.training.model_copy(update=update)
-    result = train(model, model.prepare(objs, reco, mask, w), cfg, quiet=quiet, device=device)
+    # a Bayesian or ensemble cINN trains on the batch its core network prepares
+    prep = core_of(model).prepare(objs, reco, mask, w)
+    result = train(model, prep, cfg, quiet=quiet, device=device)
     return model, result
 
 
