@@ -43,6 +43,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from unfoldmem.physics import lorentz
+
 __all__ = [
     "paired_partons",
     "to_residual",
@@ -52,10 +54,6 @@ __all__ = [
     "to_acceptance",
     "from_acceptance",
 ]
-
-
-def _wrap(phi: Tensor) -> Tensor:
-    return torch.remainder(phi + math.pi, 2 * math.pi) - math.pi
 
 
 def paired_partons(
@@ -100,7 +98,7 @@ def to_residual(objects: Tensor, partons: Tensor, index: Sequence[int]) -> tuple
     sel = objects[..., idx, :]
     pt, eta, phi, m = sel.unbind(-1)
     res = torch.stack([pt / partons[..., 0], eta - partons[..., 1],
-                       _wrap(phi - partons[..., 2]), m], -1)
+                       lorentz.delta_phi(phi, partons[..., 2]), m], -1)
     out = objects.clone()
     out[..., idx, :] = res
     return out, -torch.log(partons[..., 0]).sum(-1)
@@ -115,7 +113,7 @@ def from_residual(pseudo: Tensor, partons: Tensor, index: Sequence[int]) -> Tens
     idx = list(index)
     r = pseudo[..., idx, :]
     obj = torch.stack([r[..., 0] * partons[..., 0], r[..., 1] + partons[..., 1],
-                       _wrap(r[..., 2] + partons[..., 2]), r[..., 3]], -1)
+                       lorentz.delta_phi(r[..., 2] + partons[..., 2], 0.0), r[..., 3]], -1)
     out = pseudo.clone()
     out[..., idx, :] = obj
     return out
@@ -215,7 +213,7 @@ def match_fraction(partons: Tensor, objects: Tensor, valid: Tensor, dr_max: floa
     for lo in range(0, n, 1 << 16):  # blocks: the (n, partons, slots) ΔR table stays small
         p, o, v = partons[lo : lo + (1 << 16)], objects[lo : lo + (1 << 16)], valid[lo : lo + (1 << 16)]
         deta = p[:, :, None, 1] - o[:, None, :, 1]
-        dphi = _wrap(p[:, :, None, 2] - o[:, None, :, 2])
+        dphi = lorentz.delta_phi(p[:, :, None, 2], o[:, None, :, 2])
         dr2 = deta * deta + dphi * dphi
         hits += ((dr2 < dr_max * dr_max) & v[:, None, :]).any(-1).double().sum(0)
     return hits / max(n, 1)

@@ -75,10 +75,6 @@ def _log_wrapped_normal(x: Tensor, mu: Tensor, s: Tensor) -> Tensor:
     return torch.where(s < 0.25, near, torch.logaddexp(near, far))
 
 
-def _wrap(phi: Tensor) -> Tensor:
-    return torch.remainder(phi + math.pi, _TWO_PI) - math.pi
-
-
 def _gather_pick(t: Tensor, pick: Tensor) -> Tensor:
     """t (B, P, n, 3), pick (S, B) → (S, B, n, 3)."""
     s, b = pick.shape
@@ -168,7 +164,7 @@ class RecoChannel:
         for j in (0, 2):
             cr = centre[..., r, j]
             if j == 2:
-                cr = centre[..., o, 2] + _wrap(cr + math.pi - centre[..., o, 2])
+                cr = centre[..., o, 2] + lorentz.delta_phi(cr + math.pi, centre[..., o, 2])
             wo, wr = width[..., o, j], width[..., r, j]
             prec = wo ** -2 + wr ** -2
             mean = (centre[..., o, j] * wo ** -2 + cr * wr ** -2) / prec
@@ -229,7 +225,7 @@ class RecoChannel:
         eps = torch.special.ndtri(uc)
         finite_w = torch.where(torch.isinf(w), 1.0, w)
         z = c + finite_w * eps
-        phi = torch.where(torch.isinf(w[..., 2]), _TWO_PI * uc[..., 2] - math.pi, _wrap(z[..., 2]))
+        phi = torch.where(torch.isinf(w[..., 2]), _TWO_PI * uc[..., 2] - math.pi, lorentz.delta_phi(z[..., 2], 0.0))
         z = torch.stack([torch.exp(z[..., 0]), z[..., 1], phi], -1)
         integ = ctx.integrand
         chains, nu, ltop = self.blocks(integ)
