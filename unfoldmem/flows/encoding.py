@@ -52,6 +52,7 @@ __all__ = [
     "RECO_TYPES",
     "ObjectEncoding",
     "RecoEncoding",
+    "register_standardisation",
     "weighted_mean_std",
     "pad_reco",
     "parton_objects",
@@ -67,6 +68,16 @@ _U_MAX = 1.0 - 1e-12
 
 def _wrap(phi: Tensor) -> Tensor:
     return lorentz.delta_phi(phi, torch.zeros((), dtype=phi.dtype, device=phi.device))
+
+
+def register_standardisation(module: nn.Module, d: int, mean: Tensor | None,
+                             std: Tensor | None) -> None:
+    """Give ``module`` float64 buffers ``mean`` and ``std`` of length d: copies of the given
+    statistics, or 0 and 1 (filled later by ``fit`` or a ``load_state_dict``)."""
+    module.register_buffer("mean", torch.zeros(d, dtype=torch.float64) if mean is None
+                           else torch.as_tensor(mean, dtype=torch.float64).clone())
+    module.register_buffer("std", torch.ones(d, dtype=torch.float64) if std is None
+                           else torch.as_tensor(std, dtype=torch.float64).clone())
 
 
 def weighted_mean_std(values: Tensor, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -145,10 +156,7 @@ class ObjectEncoding(nn.Module):
         self.relative_phi = bool(relative_phi)
         self.mass_offset = float(mass_offset)
         d = 2 * n + int(feta.sum()) + int(free.sum())
-        self.register_buffer("mean", torch.zeros(d, dtype=torch.float64) if mean is None
-                             else torch.as_tensor(mean, dtype=torch.float64).clone())
-        self.register_buffer("std", torch.ones(d, dtype=torch.float64) if std is None
-                             else torch.as_tensor(std, dtype=torch.float64).clone())
+        register_standardisation(self, d, mean, std)
 
     @property
     def n_objects(self) -> int:
@@ -271,10 +279,7 @@ class RecoEncoding(nn.Module):
 
     def __init__(self, mean: Tensor | None = None, std: Tensor | None = None) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.zeros(3, dtype=torch.float64) if mean is None
-                             else torch.as_tensor(mean, dtype=torch.float64).clone())
-        self.register_buffer("std", torch.ones(3, dtype=torch.float64) if std is None
-                             else torch.as_tensor(std, dtype=torch.float64).clone())
+        register_standardisation(self, 3, mean, std)
 
     @staticmethod
     def _cont(objects: Tensor) -> Tensor:

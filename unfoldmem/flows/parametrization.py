@@ -57,7 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from unfoldmem.flows.encoding import ObjectEncoding, weighted_mean_std
+from unfoldmem.flows.encoding import ObjectEncoding, register_standardisation, weighted_mean_std
 from unfoldmem.physics import lorentz
 
 __all__ = [
@@ -291,10 +291,7 @@ class ResonanceEncoding(nn.Module):
         self.free_index = [i for i, f in enumerate(free.tolist()) if f]
         self.register_buffer("fixed_mass", fixed.to(torch.float64))
         d = (len(self.roots) * (1 if fixed_pt else 3) + 3 * len(self.nodes) + int(free.sum()))
-        self.register_buffer("mean", torch.zeros(d, dtype=torch.float64) if mean is None
-                             else torch.as_tensor(mean, dtype=torch.float64).clone())
-        self.register_buffer("std", torch.ones(d, dtype=torch.float64) if std is None
-                             else torch.as_tensor(std, dtype=torch.float64).clone())
+        register_standardisation(self, d, mean, std)
 
     @property
     def n_objects(self) -> int:
