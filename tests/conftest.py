@@ -13,9 +13,19 @@ DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).parent.parent
 
 
-# Small tensors: one intra-op thread avoids oversubscription (measured 35x slower with 2 threads
-# on a loaded 2-core machine, see benchmarks/bench_physics_core.py --threads).
+# Set at import too: module-scoped fixtures (shared trained toys) run before the one below.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small tensors: one intra-op thread avoids oversubscription (measured 35x slower with 2
+    # threads on a loaded 2-core machine, see benchmarks/bench_physics_core.py --threads); reset
+    # around every test so a test that changes the thread count cannot leak it.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)

@@ -8,20 +8,11 @@ import json
 import awkward as ak
 import numpy as np
 import pytest
-import torch
 import uproot
 
 from tests.unfold.test_cinn_unfold import MODEL_CARD, make_toy, trained_toy
 from unfoldmem.flows.model_dir import data_hash, save_model
 from unfoldmem.io import write_events
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

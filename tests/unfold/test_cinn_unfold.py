@@ -49,15 +49,6 @@ MODEL_CARD = ModelCard(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: intra-op threads only add contention for these small networks
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def toy_detector(eta_max: float = 10.0, efficiency: float = 1.0) -> DetectorCard:
     """Muon-only parametric detector of the toy (no ISR, small MET noise)."""
     return DetectorCard(

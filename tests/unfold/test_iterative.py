@@ -24,14 +24,6 @@ from unfoldmem.weights import WeightDiagnosticsConfig, WeightError
 FAST = ClassifierConfig(epochs=12, hidden=32, layers=2, patience=3, batch_size=512)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _eta_mean(values: dict[str, np.ndarray]) -> float:
     return float(np.mean([values["eta_lminus"].mean(), values["eta_lplus"].mean()]))
 

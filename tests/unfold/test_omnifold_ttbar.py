@@ -22,7 +22,6 @@ from typing import Any
 import awkward as ak
 import numpy as np
 import pytest
-import torch
 
 from unfoldmem.cards import load_card
 from unfoldmem.histograms import chi2_ndf, weighted_hist
@@ -43,15 +42,6 @@ CLF = ClassifierConfig(
     kind="deepset", hidden=32, layers=2, latent=16, epochs=60, batch_size=256, lr=2e-3,
     patience=20, val_fraction=0.3, seed=3,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: intra-op threads only add contention for these small networks
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def top_pt_weight(pt_had: np.ndarray, pt_lep: np.ndarray, slope: float, ref: float) -> np.ndarray:

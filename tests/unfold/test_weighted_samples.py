@@ -28,14 +28,6 @@ from unfoldmem.unfold.uncertainty import bin_fractions, edges_of
 OBS = observables_for("drell_yan")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 N_SAMPLES = 50
 
 
