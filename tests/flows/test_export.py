@@ -175,6 +175,8 @@ def test_resonance_cinn_exports_to_torchscript(tmp_path):
                            encoding=EncodingConfig(parton_coordinates="resonances"),
                            pdg=[13, -13]).double().eval()
     assert type(model.parton_encoding).__name__ == "ResonanceEncoding"
+    with pytest.raises(ValueError, match="resonance coordinates"):
+        export_model(model, tmp_path, "onnx", "float64")
     manifest = export_model(model, tmp_path, "torchscript", "float64")
     assert manifest["max_abs_dev"] < TOL
     graph = torch.jit.load(tmp_path / "cinn_sampler.pt")

@@ -41,13 +41,11 @@ def export(
         raise typer.BadParameter(msg, param_hint="--dtype")
     check_writable(output, overwrite)
     loaded = load_model(model)
-    if fmt == "onnx" and loaded.encodings.get("parton", {}).get(
-            "parametrization") == "resonances":
-        msg = ("a cINN in resonance coordinates does not export to ONNX (its decoding needs "
-               "atan2, which onnxruntime has no kernel for); use --format torchscript")
-        raise ModelError(str(model), msg)
     with atomic_path(output, overwrite, directory=True) as tmp:
-        manifest = export_model(loaded.model, tmp, fmt, dtype)
+        try:
+            manifest = export_model(loaded.model, tmp, fmt, dtype)
+        except ValueError as exc:
+            raise ModelError(str(model), str(exc)) from exc
         manifest["source"] = str(model)
         manifest["model_meta"] = {k: loaded.meta.get(k) for k in ("data_hash", "created_utc")}
         (tmp / "export.json").write_text(json.dumps(manifest, indent=1))

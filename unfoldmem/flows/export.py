@@ -399,6 +399,10 @@ def export_model(model: nn.Module, out_dir: str | Path, fmt: str = "onnx",
         if dtype == "float64":
             net = net.double()
         if isinstance(net, CINN):
+            if fmt == "onnx" and not isinstance(net.parton_encoding, ObjectEncoding):
+                msg = ("a cINN in resonance coordinates does not export to ONNX (its decoding "
+                       "needs atan2, which onnxruntime has no kernel for); use torchscript")
+                raise ValueError(msg)
             kind = "cinn"
             wrapper: nn.Module = CINNSampler(net)
             reco, mask = _example_cinn(net, n_example, gen)
