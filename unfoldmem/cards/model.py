@@ -38,11 +38,21 @@ class EncodingConfig(StrictModel):
     mass_offset: PositiveFloat = Field(1.0, description="m0 in log(m + m0), GeV")
     max_jets: PositiveInt = Field(8, description="jet slots of the padded reco tensor")
     max_leptons: PositiveInt = Field(2, description="muon and electron slots (each)")
-    parton_coordinates: Literal["objects", "resonances"] = Field(
+    parton_coordinates: Literal["objects", "resonances", "onshell"] = Field(
         "resonances",
-        description="cINN parton coordinates: per-object (pt, eta, phi, m), or resonance masses "
-        "and decay angles of the decay tree (see unfoldmem.flows.parametrization)",
+        description="cINN parton coordinates: per-object (pt, eta, phi, m); resonance masses "
+        "and decay angles of the decay tree (unfoldmem.flows.parametrization); or onshell: "
+        "primary decay products in the lab (pt, eta, phi), the others from their lab "
+        "direction and the resonance mass (unfoldmem.flows.onshell)",
     )
+
+    @model_validator(mode="after")
+    def _onshell_lab_phi(self) -> EncodingConfig:
+        if self.parton_coordinates == "onshell" and self.relative_phi:
+            msg = ("encoding.relative_phi: parton_coordinates 'onshell' keeps every azimuth in "
+                   "the lab frame; set relative_phi: false")
+            raise ValueError(msg)
+        return self
 
 
 class FlowConfig(StrictModel):

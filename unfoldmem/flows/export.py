@@ -188,7 +188,7 @@ class CINNSampler(nn.Module):
         super().__init__()
         self.model = model
         enc = model.parton_encoding
-        # ResonanceEncoding's inverse has no boolean selections to freeze and traces as it is
+        # Resonance/OnShellEncoding.inverse has no boolean selections to freeze: traces as is
         self.enc = _StaticEncoding(enc) if isinstance(enc, ObjectEncoding) else enc
         self.flow = _StaticFlow(model.flow)
         self.dtype = model._dtype
@@ -400,8 +400,9 @@ def export_model(model: nn.Module, out_dir: str | Path, fmt: str = "onnx",
             net = net.double()
         if isinstance(net, CINN):
             if fmt == "onnx" and not isinstance(net.parton_encoding, ObjectEncoding):
-                msg = ("a cINN in resonance coordinates does not export to ONNX (its decoding "
-                       "needs atan2, which onnxruntime has no kernel for); use torchscript")
+                msg = ("a cINN in resonance coordinates (or on-shell ones) does not export to "
+                       "ONNX (its decoding needs atan2, which onnxruntime has no kernel for); "
+                       "use torchscript")
                 raise ValueError(msg)
             kind = "cinn"
             wrapper: nn.Module = CINNSampler(net)

@@ -57,6 +57,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from unfoldmem.flows.decay_tree import (
+    decay_tree,
+    flatten_tree,
+    infer_tree,
+    narrow_tree,
+    nest_tree,
+)
 from unfoldmem.flows.encoding import ObjectEncoding, register_standardisation, weighted_mean_std
 from unfoldmem.physics import lorentz
 
@@ -69,158 +76,6 @@ __all__ = [
 ]
 
 _U_MAX = 1.0 - 1e-12
-_LEPTONS = {11: 12, 13: 14, 15: 16}
-
-
-def _charge3(pid: int) -> int:
-    """Three times the electric charge of a quark or lepton PDG id (0 for anything else)."""
-    a, s = abs(pid), (1 if pid > 0 else -1)
-    if a in (2, 4, 6):
-        return 2 * s
-    if a in (1, 3, 5):
-        return -s
-    if a in (11, 13, 15):
-        return -3 * s
-    return 0
-
-
-def decay_tree(pdg: Sequence[int]) -> list[Any]:
-    r"""Decay tree of a final state from its PDG ids: W → ℓν, W → qq̄′, t → bW, Z/γ* → ℓ⁺ℓ⁻.
-
-    Greedy in slot order: first W bosons (a charged lepton with its neutrino, or an up- and a
-    down-type quark of opposite fermion number, b excluded, total charge ±1), then tops (a b
-    with a W⁺, a b̄ with a W⁻), then Z/γ* (a same-flavour lepton–antilepton pair). This is the
-    decay structure of every built-in process (:mod:`unfoldmem.physics.processes`).
-
-    Arguments:
-        pdg: (k,) PDG id of each parton slot.
-
-    Returns:
-        The roots: a slot index or a node ``[child, child]`` (nested lists), e.g.
-        ``[[0, [1, 2]], [3, [4, 5]]]`` for (b, μ⁺, ν, b̄, d, ū).
-    """
-    ids = [int(p) for p in pdg]
-    items: list[Any] = list(range(len(ids)))
-    charge = {i: _charge3(p) for i, p in enumerate(ids)}
-
-    def w_pair(a: int, b: int) -> bool:
-        pa, pb = ids[a], ids[b]
-        if abs(charge[a] + charge[b]) != 3:
-            return False
-        la, lb = abs(pa), abs(pb)
-        if la in _LEPTONS or lb in _LEPTONS:
-            return _LEPTONS.get(la) == lb or _LEPTONS.get(lb) == la
-        quarks = la <= 4 and lb <= 4 and la != lb
-        return quarks and (la % 2) != (lb % 2) and (pa > 0) != (pb > 0)
-
-    def merge(test: Any) -> None:
-        i = 0
-        while i < len(items):
-            for j in range(i + 1, len(items)):
-                if test(items[i], items[j]):
-                    node = [items[i], items[j]]
-                    del items[j]
-                    items[i] = node
-                    break
-            i += 1
-
-    def q(item: Any) -> int | None:
-        return charge[item] if isinstance(item, int) else None
-
-    merge(lambda a, b: isinstance(a, int) and isinstance(b, int) and w_pair(a, b))
-    wq = {id(n): sum(charge[c] for c in n) for n in items if isinstance(n, list)}
-
-    def top(a: Any, b: Any) -> bool:
-        if isinstance(a, list):
-            a, b = b, a
-        return (isinstance(a, int) and isinstance(b, list) and abs(ids[a]) == 5
-                and id(b) in wq and (ids[a] > 0) == (wq[id(b)] > 0))
-
-    merge(top)
-    merge(lambda a, b: isinstance(a, int) and isinstance(b, int) and abs(ids[a]) in _LEPTONS
-          and ids[a] == -ids[b] and q(a) != 0)
-    return items
-
-
-def _spread(m: Tensor) -> float:
-    lo, med, hi = torch.quantile(m.float(), torch.tensor([0.25, 0.5, 0.75])).tolist()
-    return (hi - lo) / med if med > 0 else math.inf
-
-
-def infer_tree(objects: Tensor, tolerance: float = 0.05, max_events: int = 20000) -> list[Any]:
-    """Decay tree from kinematics alone (when PDG ids are not known): narrow invariant masses.
-
-    Repeatedly joins the two items (partons or nodes) whose invariant mass has the smallest
-    interquartile range relative to its median, while that ratio is below ``tolerance``
-    (a W: Γ/M ≈ 0.03; a top: 0.01; a random pair: ≳ 0.3).
-
-    Arguments:
-        objects: (n, k, 4) partons (pt GeV, eta, phi, m GeV).
-
-    Returns:
-        The roots, as :func:`decay_tree`.
-    """
-    p = lorentz.from_ptetaphim(objects[:max_events].double())
-    items: list[tuple[Any, Tensor]] = [(i, p[:, i]) for i in range(p.shape[1])]
-    while len(items) > 1:
-        best = min(((_spread(lorentz.mass(a[1] + b[1])), i, j)
-                    for i, a in enumerate(items) for j, b in enumerate(items) if i < j))
-        if not best[0] < tolerance:
-            break
-        _, i, j = best
-        node = ([items[i][0], items[j][0]], items[i][1] + items[j][1])
-        items = [node if t == i else x for t, x in enumerate(items) if t != j]
-    return [c for c, _ in items]
-
-
-def narrow_tree(roots: Sequence[Any], objects: Tensor, tolerance: float = 0.05,
-                max_events: int = 20000) -> list[Any]:
-    """Keep only the nodes of a decay tree whose invariant mass is narrow in the data.
-
-    A PDG-allowed pairing is not always a resonance (two independent muons, a γ*-dominated
-    mass range); a node whose mass has an interquartile range above ``tolerance`` × its median
-    (as in :func:`infer_tree`) is dissolved into its children, which become roots.
-
-    Arguments:
-        roots: a tree as returned by :func:`decay_tree`.
-        objects: (n, k, 4) partons (pt GeV, eta, phi, m GeV).
-
-    Returns:
-        The pruned roots.
-    """
-    p = lorentz.from_ptetaphim(objects[:max_events].double())
-
-    def visit(t: Any) -> tuple[list[Any], Tensor]:
-        if not isinstance(t, list):
-            return [t], p[:, t]
-        (ra, pa), (rb, pb) = visit(t[0]), visit(t[1])
-        total = pa + pb
-        if len(ra) == 1 and len(rb) == 1 and _spread(lorentz.mass(total)) < tolerance:
-            return [[ra[0], rb[0]]], total
-        return ra + rb, total
-
-    out: list[Any] = []
-    for r in roots:
-        out += visit(r)[0]
-    return out
-
-
-def _flatten(roots: Sequence[Any]) -> tuple[list[tuple[int, int]], list[int]]:
-    """Nested roots -> post-order nodes [(a, b)] and root codes; code < 0 is node -code-1."""
-    nodes: list[tuple[int, int]] = []
-
-    def visit(t: Any) -> int:
-        if isinstance(t, int):
-            return int(t)
-        a, b = (visit(c) for c in t)
-        nodes.append((a, b))
-        return -len(nodes)
-
-    return nodes, [visit(r) for r in roots]
-
-
-def _nest(nodes: Sequence[tuple[int, int]], code: int) -> Any:
-    return code if code >= 0 else [_nest(nodes, c) for c in nodes[-code - 1]]
 
 
 def _pstar(m: Tensor, ma: Tensor, mb: Tensor) -> Tensor:
@@ -275,7 +130,7 @@ class ResonanceEncoding(nn.Module):
         free = torch.as_tensor(free_mass, dtype=torch.bool)
         k = free.shape[0]
         fixed = torch.zeros(k) if fixed_mass is None else torch.as_tensor(fixed_mass)
-        self.nodes, self.roots = _flatten(tree)
+        self.nodes, self.roots = flatten_tree(tree)
         leaves = sorted(c for n in self.nodes for c in n if c >= 0) + [r for r in self.roots
                                                                       if r >= 0]
         if sorted(leaves) != list(range(k)):
@@ -306,7 +161,7 @@ class ResonanceEncoding(nn.Module):
     @property
     def tree(self) -> list[Any]:
         """The roots as nested lists of slot indices."""
-        return [_nest(self.nodes, r) for r in self.roots]
+        return [nest_tree(self.nodes, r) for r in self.roots]
 
     @classmethod
     def fit(
@@ -482,8 +337,18 @@ class ResonanceEncoding(nn.Module):
                    torch.tensor(d["std"], dtype=torch.float64), d.get("pt_sigma", 1.0))
 
 
-def parton_encoding_from_dict(d: dict[str, Any]) -> ObjectEncoding | ResonanceEncoding:
-    """The parton encoding a ``to_dict`` describes (no ``parametrization`` key: objects)."""
-    if d.get("parametrization", "objects") == "resonances":
+def parton_encoding_from_dict(d: dict[str, Any]) -> nn.Module:
+    """The parton encoding a ``to_dict`` describes (no ``parametrization`` key: objects).
+
+    Returns an :class:`~unfoldmem.flows.encoding.ObjectEncoding`, a :class:`ResonanceEncoding`
+    or an :class:`~unfoldmem.flows.onshell.OnShellEncoding`.
+    """
+    kind = d.get("parametrization", "objects")
+    if kind == "resonances":
         return ResonanceEncoding.from_dict(d)
+    if kind == "onshell":
+        # imported here: onshell builds on this module's boost
+        from unfoldmem.flows.onshell import OnShellEncoding
+
+        return OnShellEncoding.from_dict(d)
     return ObjectEncoding.from_dict(d)
