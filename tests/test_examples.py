@@ -63,7 +63,7 @@ def test_omnifold_example(tmp_path):
     """OmniFold moves the prior's mean rapidity towards the (tilted) truth of the pseudo-data.
 
     Reference: the generated truth. The prior has ⟨y_ll⟩ ≈ 0 (pp is symmetric); the pseudo-data's
-    truth is tilted to ⟨y_ll⟩ ≈ +1. OmniFold must move ⟨y_ll⟩ up by more than 0.1 (15σ of the
+    truth is tilted (default tilt 0.8: ⟨y_ll⟩ ≈ 0.6 in the fiducial region). OmniFold must move ⟨y_ll⟩ up by more than 0.1 (15σ of the
     prior's statistical error) without overshooting the truth by more than 4σ.
     """
     r = run_example("omnifold_example.py", ["-n", "3000", "--n-data", "3000", "--epochs", "8",

@@ -110,3 +110,15 @@ def test_bad_inputs() -> None:
         train_classifier(
             EventFeatures(torch.zeros(3)), EventFeatures(torch.ones(3)), torch.zeros(3), None, FAST
         )
+
+
+def test_min_epochs_excludes_early_states() -> None:
+    """Identical samples (true ratio 1, so the validation loss is pure noise and its minimum can
+    be any epoch): with ``min_epochs`` = 6 no state before epoch 6 is kept and at least 6 epochs
+    run; with patience 1 and no ``min_epochs`` the training stops within 2 epochs of its best."""
+    x = EventFeatures(_gauss(800, 0.0, 5))
+    cfg = FAST.model_copy(update={"epochs": 12, "patience": 1})
+    a = train_classifier(x, x, config=cfg.model_copy(update={"min_epochs": 6}))
+    assert a.history["best_epoch"] >= 5 and len(a.history["val_loss"]) >= 6
+    b = train_classifier(x, x, config=cfg)
+    assert len(b.history["val_loss"]) <= b.history["best_epoch"] + 2

@@ -30,8 +30,21 @@ def omnifold(
     ),
     features: str = typer.Option("deepset", "--features", help="deepset | mlp (detector level)."),
     epochs: int = typer.Option(40, "--epochs", min=1, help="Maximum classifier epochs."),
+    min_epochs: int = typer.Option(
+        10, "--min-epochs", min=1,
+        help="Epochs every classifier trains before early stopping may pick its best epoch.",
+    ),
     batch_size: int = typer.Option(1024, "--batch-size", min=1, help="Classifier batch size."),
     seed: int = typer.Option(0, "--seed", help="Seed of classifiers and bootstrap."),
+    fiducial_eta: float = typer.Option(
+        None, "--fiducial-lepton-eta", min=0.0,
+        help="Unfold into the fiducial phase space where every parton-level charged lepton "
+        "has |eta| below this (e.g. the detector's 2.4); default: no fiducial cut.",
+    ),
+    fiducial_pt: float = typer.Option(
+        0.0, "--fiducial-lepton-pt", min=0.0,
+        help="With --fiducial-lepton-eta: parton-level lepton pt minimum in GeV.",
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing output directory."
@@ -49,7 +62,12 @@ def omnifold(
     from unfoldmem.io.atomic import atomic_path, check_writable
     from unfoldmem.physics.observables import observables_for
     from unfoldmem.unfold.classifier import ClassifierConfig
-    from unfoldmem.unfold.features import omnifold_inputs, parton_observables, reco_observables
+    from unfoldmem.unfold.features import (
+        lepton_fiducial,
+        omnifold_inputs,
+        parton_observables,
+        reco_observables,
+    )
     from unfoldmem.unfold.ibu import unfold_ibu
     from unfoldmem.unfold.omnifold import OmniFoldConfig, omnifold_replicas
 
@@ -60,7 +78,10 @@ def omnifold(
     check_writable(output, overwrite)
     data_ev = read_detector(data)
     sim_ev, sim_pa = read_detector(sim), read_partons(sim)
-    inp = omnifold_inputs(data_ev, sim_ev, sim_pa, kind=features)
+    fid = None
+    if fiducial_eta is not None:
+        fid = lepton_fiducial(sim_pa, fiducial_pt, fiducial_eta)
+    inp = omnifold_inputs(data_ev, sim_ev, sim_pa, kind=features, fiducial=fid)
     process = inp["process"]
     known = [o.name for o in observables_for(process)]
     names = list(observables) if observables else known
@@ -69,7 +90,8 @@ def omnifold(
         msg = f"unknown observable(s) {bad} for process '{process}'; known: {', '.join(known)}"
         raise typer.BadParameter(msg, param_hint="--observables")
     clf = ClassifierConfig(
-        kind=features, epochs=epochs, batch_size=batch_size, seed=seed, device=device
+        kind=features, epochs=epochs, min_epochs=min(min_epochs, epochs), batch_size=batch_size,
+        seed=seed, device=device,
     )
     cfg = OmniFoldConfig(iterations=iterations, classifier=clf)
     if not state.quiet:
@@ -103,6 +125,8 @@ def omnifold(
     truth = None
     if has_tree(data, PARTON_TREE):
         data_pa = read_partons(data)
+        if fiducial_eta is not None:
+            data_pa = data_pa[lepton_fiducial(data_pa, fiducial_pt, fiducial_eta)]
         _, truth = parton_observables(data_pa, names, process)
         truth_w = np.asarray(data_pa.weight, dtype=np.float64)
     reco_data = reco_observables(data_ev, process, names)
@@ -120,10 +144,13 @@ def omnifold(
         "n_sim": len(inp["sim_gen"]),
         "n_misses": int((~inp["pass_reco"]).sum()),
         "n_fakes": int((~pg).sum()),
+        "fiducial": None if fiducial_eta is None else {"lepton_eta_max": fiducial_eta,
+                                                       "lepton_pt_min": fiducial_pt},
         "ensemble": ensemble,
         "bootstrap": bootstrap,
         "usable_iteration": nominal.usable_iteration,
         "diverged_iterations": nominal.diverged,
+        "replicas_diverged": sum(bool(r.diverged) for r in reps["results"][1:]),
         "diagnostics": nominal.diagnostics,
         "observables": {},
     }
@@ -146,10 +173,18 @@ def omnifold(
             obs = next(o for o in observables_for(process) if o.name == name)
             x = gen_obs[name]
             h_of = weighted_hist(x[pg], final[pg], obs.binning, name=name, label=obs.label)
-            reps_all = [*reps["ensemble"], *reps["bootstrap"]]
+            # a replica that diverged carries the weights of an earlier iteration (the prior
+            # if it diverged at once): it would widen the band with a failed training, not
+            # with the data's or the training's spread
+            reps_all = [
+                r for r, res in zip([*reps["ensemble"], *reps["bootstrap"]], reps["results"],
+                                    strict=True)
+                if not res.diverged
+            ]
             if len(reps_all) >= 2:
                 b = band(
-                    [weighted_hist(x[pg], r.numpy()[pg], obs.binning).values() for r in reps_all]
+                    np.stack([weighted_hist(x[pg], r.numpy()[pg], obs.binning).values()
+                              for r in reps_all])
                 )
                 h_of.view().variance = h_of.variances() + b.std**2
             entry: dict[str, Any] = {

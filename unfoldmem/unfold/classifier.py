@@ -41,6 +41,10 @@ class ClassifierConfig(StrictModel):
         latent: deep-set per-object embedding size.
         epochs, batch_size, lr, weight_decay: Adam training.
         patience: early stopping on the weighted validation loss.
+        min_epochs: epochs trained before an epoch may count as the best one: the earlier
+            states are no candidates for early stopping (a small remaining difference, below
+            the noise of the validation loss, is then still learned; its noise shows in the
+            bootstrap).
         val_fraction: fraction of events held out for early stopping.
         p_clip: probabilities are clipped to [p_clip, 1 - p_clip]; the count is reported.
         seed: torch seed of initialisation, split and batching.
@@ -56,6 +60,7 @@ class ClassifierConfig(StrictModel):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(10, ge=1)
+    min_epochs: int = Field(1, ge=1)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     p_clip: float = Field(1e-6, ge=0, lt=0.5)
     seed: int = 0
@@ -333,6 +338,8 @@ def train_classifier(
             vloss = float(_weighted_bce(model(xv), yv, wv))
         hist["train_loss"].append(total / max(len(tr), 1))
         hist["val_loss"].append(vloss)
+        if epoch + 1 < config.min_epochs:
+            continue
         if vloss < best - 1e-6:
             best, best_state, best_epoch, bad = vloss, copy.deepcopy(model.state_dict()), epoch, 0
         else:

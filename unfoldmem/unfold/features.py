@@ -2,7 +2,10 @@ r"""Classifier inputs and unfolding observables from the awkward event records.
 
 Detector level: every reconstructed object (jets, muons, electrons) becomes a row of
 ``(log pt, eta, cos phi, sin phi, log(1 + m), btag, charge, is_jet, is_muon, is_electron)`` for
-the deep set, with global features ``(log(1 + MET), cos φ_MET, sin φ_MET, n_jets, n_leptons)``;
+the deep set, with global features ``(log(1 + MET), cos φ_MET, sin φ_MET, n_jets, n_leptons, log(1 + H_T),
+log(1 + S_T), log(1 + m_vis))`` (H_T the scalar sum of jet pt, S_T = H_T + lepton pt + MET,
+m_vis the invariant mass of all jets and leptons: the hard-scale proxies that a small deep set
+trained on a few thousand events otherwise has to assemble from its per-object rows);
 the fixed-feature (MLP) variant takes the same rows of the leading objects flattened.
 Parton level: the process's registered observables (:mod:`unfoldmem.physics.observables`).
 All kinematics go through :mod:`unfoldmem.physics.lorentz`.
@@ -29,6 +32,7 @@ __all__ = [
     "reco_observables",
     "RECO_PROCESSES",
     "omnifold_inputs",
+    "lepton_fiducial",
 ]
 
 #: processes whose observables can also be computed from reconstructed leptons (IBU's reco axis)
@@ -52,6 +56,20 @@ def _rows(coll: ak.Array, kind: int, has_btag: bool, has_charge: bool) -> ak.Arr
             "pt": coll.pt,
         }
     )
+
+
+def _visible_mass(events: ak.Array) -> np.ndarray:
+    """(n,) invariant mass (GeV) of all jets, muons and electrons of each event (0 if none)."""
+    coll = [events.jets, events.muons, events.electrons]
+    cat = {f: ak.concatenate([c[f] for c in coll], axis=1) for f in ("pt", "eta", "phi", "mass")}
+    counts = np.asarray(ak.num(cat["pt"]), dtype=np.int64)
+    v = np.stack([np.asarray(ak.flatten(cat[f]), dtype=np.float64) for f in cat], axis=-1)
+    p = lorentz.from_ptetaphim(torch.from_numpy(v)).numpy()
+    idx = np.repeat(np.arange(len(counts)), counts)
+    tot = np.zeros((len(counts), 4))
+    np.add.at(tot, idx, p)
+    m2 = lorentz.mass2(torch.from_numpy(tot)).numpy()
+    return np.sqrt(np.maximum(m2, 0.0))
 
 
 def detector_features(
@@ -81,6 +99,11 @@ def detector_features(
         [np.asarray(ak.fill_none(padded[f], 0.0), dtype=np.float64) for f in fields], axis=-1
     )
     n_lep = np.asarray(ak.num(events.muons) + ak.num(events.electrons), dtype=np.float64)
+    met = np.asarray(events.met.pt, dtype=np.float64)
+    ht = np.asarray(ak.sum(events.jets.pt, axis=1), dtype=np.float64)
+    lpt = np.asarray(
+        ak.sum(events.muons.pt, axis=1) + ak.sum(events.electrons.pt, axis=1), dtype=np.float64
+    )
     glob = np.stack(
         [
             np.log1p(np.asarray(events.met.pt, dtype=np.float64)),
@@ -88,6 +111,9 @@ def detector_features(
             np.sin(np.asarray(events.met.phi, dtype=np.float64)),
             np.asarray(ak.num(events.jets), dtype=np.float64),
             n_lep,
+            np.log1p(ht),
+            np.log1p(ht + lpt + met),
+            np.log1p(_visible_mass(events)),
         ],
         axis=-1,
     )
@@ -201,6 +227,7 @@ def omnifold_inputs(
     sim_partons: ak.Array,
     kind: str = "deepset",
     process: str | None = None,
+    fiducial: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Join the simulation's trees by ``event_id`` and build everything OmniFold needs.
 
@@ -208,6 +235,12 @@ def omnifold_inputs(
     without a parton-level partner (fakes, ``pass_gen`` False). ``pass_reco`` is presence in
     the detector tree. Rows of a level an event does not pass hold the first row as a
     placeholder (never read by OmniFold).
+
+    ``fiducial`` ((n_partons,) bool, e.g. :func:`lepton_fiducial`) restricts the parton level
+    to a fiducial phase space: parton events outside it do not pass gen (reconstructed ones
+    become fakes, the others are dropped). Unfold into a phase space where the detector sees
+    every region: where the efficiency is zero the data carry no information, and the misses
+    there get whatever the step-1b classifier extrapolates.
 
     Returns:
         dict with ``data`` and ``sim_reco``/``sim_gen`` (:class:`EventFeatures`),
@@ -217,6 +250,13 @@ def omnifold_inputs(
     """
     ids_d = np.asarray(sim_events.event_id, dtype=np.int64)
     ids_p = np.asarray(sim_partons.event_id, dtype=np.int64)
+    rows_p = np.arange(len(ids_p))
+    if fiducial is not None:
+        fiducial = np.asarray(fiducial, dtype=bool)
+        if fiducial.shape != ids_p.shape:
+            msg = f"fiducial mask has shape {fiducial.shape}, expected ({len(ids_p)},)"
+            raise ValueError(msg)
+        ids_p, rows_p = ids_p[fiducial], rows_p[fiducial]
     order = np.argsort(ids_d)
     pos = np.searchsorted(ids_d[order], ids_p)
     pos = np.minimum(pos, max(len(ids_d) - 1, 0))
@@ -228,7 +268,7 @@ def omnifold_inputs(
     det_of_p = np.where(matched, order[pos], -1)
     fakes = np.setdiff1d(np.arange(len(ids_d)), det_of_p[det_of_p >= 0])
     det_index = np.concatenate([det_of_p, fakes])
-    gen_index = np.concatenate([np.arange(len(ids_p)), np.full(len(fakes), -1)])
+    gen_index = np.concatenate([rows_p, np.full(len(fakes), -1)])
     pass_reco = det_index >= 0
     pass_gen = gen_index >= 0
     reco_all = detector_features(sim_events, kind)
@@ -237,7 +277,7 @@ def omnifold_inputs(
     gen_all = EventFeatures(torch.from_numpy(np.stack(list(gen_obs.values()), axis=-1)))
     w = np.concatenate(
         [
-            np.asarray(sim_partons.weight, dtype=np.float64),
+            np.asarray(sim_partons.weight, dtype=np.float64)[rows_p],
             np.asarray(sim_events.weight, dtype=np.float64)[fakes],
         ]
     )
@@ -254,3 +294,12 @@ def omnifold_inputs(
         "det_index": det_index,
         "gen_index": gen_index,
     }
+
+
+def lepton_fiducial(partons: ak.Array, pt_min: float = 20.0, eta_max: float = 2.4) -> np.ndarray:
+    """(n,) bool: every charged lepton (PDG 11, 13) of the parton record has pt > ``pt_min``
+    (GeV) and |η| < ``eta_max``; events without charged leptons pass."""
+    mom, pdg = parton_momenta(partons)
+    lep = (pdg.abs() == 11) | (pdg.abs() == 13)
+    good = (lorentz.pt(mom) > pt_min) & (lorentz.eta(mom).abs() < eta_max)
+    return np.asarray((good | ~lep).all(-1))
