@@ -30,14 +30,13 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import math
+import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-import numba
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -52,141 +51,12 @@ from zuko.utils import unpack
 from unfoldmem.cards.model import ConditionConfig, EncodingConfig, FlowConfig
 from unfoldmem.flows.encoding import ObjectEncoding, RecoEncoding
 from unfoldmem.flows.parametrization import ResonanceEncoding, decay_tree, narrow_tree
+from unfoldmem.flows.spline import spline_constants, spline_rows_inverse
 
-__all__ = ["CouplingNSF", "ConditionNet", "CINN", "rqs_inverse"]
-
-
-# ---- batched sampler: fused rational-quadratic spline inverse -----------------------------------
-# zuko builds a MonotonicRQSTransform object per call (softmax, cumsum, pad, gathers: ~40 tensor
-# passes); sampling needs only the inverse, so one numba loop per row does it with the bin
-# logits exponentiated in a vectorised pass. Fast math may reorder sums (float rounding only).
-_FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+__all__ = ["CouplingNSF", "ConditionNet", "CINN"]
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy")
-def _bin_exps(src: np.ndarray, dst: np.ndarray, cst: np.ndarray, fast: bool) -> None:  # pragma: no cover
-    # zuko bounds a bin logit v by v / (1 + |2 v / log slope|) before its softmax. The fast exp
-    # is exp(u/8)^8 with a degree-8 Taylor polynomial, |u/8| < 0.45: relative error < 1e-6
-    # (tested), vectorisable, unlike a libm call.
-    c, one, eighth = cst[0], cst[1], cst[2]
-    i2, i3, i4, i5, i6, i7, i8 = cst[3], cst[4], cst[5], cst[6], cst[7], cst[8], cst[9]
-    for j in range(dst.shape[0]):
-        v = src[j]
-        v = v / (one + abs(v) * c)
-        if fast:
-            u = v * eighth
-            e = one + u * (one + u * i2 * (one + u * i3 * (one + u * i4 * (one + u * i5 * (
-                one + u * i6 * (one + u * i7 * (one + u * i8)))))))
-            e = e * e
-            e = e * e
-            dst[j] = e * e
-        else:
-            dst[j] = math.exp(v)
-
-
-@numba.njit(nogil=True, cache=True, fastmath={"nsz", "arcp", "contract"}, error_model="numpy")
-def _rqs_inverse_rows(
-    p: np.ndarray, x: np.ndarray, cols: np.ndarray, bins: int, cst: np.ndarray, fast: bool
-) -> None:  # pragma: no cover - compiled
-    # In place x[r, cols[i]] <- inverse of zuko's MonotonicRQSTransform (bound B) with row r of
-    # p laid out [widths_i (K), heights_i (K) for each i | derivatives_i (K - 1) for each i].
-    f = cols.shape[0]
-    m = 2 * bins * f
-    e = np.empty(m, dtype=x.dtype)
-    one, dc, b, zero, half, two, four = cst[1], cst[10], cst[11], cst[12], cst[13], cst[14], cst[15]
-    for r in range(x.shape[0]):
-        row = p[r]
-        _bin_exps(row[:m], e, cst, fast)
-        for i in range(f):
-            y = x[r, cols[i]]
-            if not (-b < y < b):  # identity outside [-B, B], as zuko
-                continue
-            q = i * 2 * bins
-            sw = zero
-            sh = zero
-            for j in range(bins):
-                sw += e[q + j]
-                sh += e[q + bins + j]
-            target = (y + b) * (half / b) * sh  # y's knot coordinate before normalising
-            k = 0
-            hk = zero
-            wk = zero
-            while k < bins - 1 and hk + e[q + bins + k] < target:
-                hk += e[q + bins + k]
-                wk += e[q + k]
-                k += 1
-            y0 = b * (two * hk / sh - one)
-            y1 = b * (two * (hk + e[q + bins + k]) / sh - one)
-            x0 = b * (two * wk / sw - one)
-            x1 = b * (two * (wk + e[q + k]) / sw - one)
-            d0 = one
-            d1 = one
-            o = m + i * (bins - 1)
-            if k > 0:
-                u = row[o + k - 1]
-                d0 = math.exp(u / (one + abs(u) * dc))
-            if k < bins - 1:
-                u = row[o + k]
-                d1 = math.exp(u / (one + abs(u) * dc))
-            dy = y1 - y0
-            dx = x1 - x0
-            s = dy / dx
-            yy = y - y0
-            t = d0 + d1 - two * s
-            qa = dy * (s - d0) + yy * t
-            qb = dy * d0 - yy * t
-            qc = -s * yy
-            z = two * qc / (-qb - math.sqrt(qb * qb - four * qa * qc))
-            x[r, cols[i]] = x0 + z * dx
-
-
-def rqs_inverse(params: Tensor, y: Tensor, bins: int, slope: float = 1e-3,
-                bound: float = 5.0) -> Tensor:
-    r"""Inverse of zuko's ``MonotonicRQSTransform`` in one fused pass; (N, F, 3K - 1), (N, F) -> (N, F).
-
-    ``params`` are the unconstrained (widths K, heights K, derivatives K - 1) of each feature in
-    zuko's order (``unpack`` of a coupling hyper-network's output). Equals
-    ``MonotonicRQSTransform(w, h, d, bound, slope).inv(y)``: in float64 to rounding, in float32
-    (polynomial exp) no less accurately than zuko's own float32 inverse (tested).
-    """
-    n, f = y.shape
-    p = torch.cat([params[..., : 2 * bins].reshape(n, -1), params[..., 2 * bins :].reshape(n, -1)], -1)
-    x = y.clone(memory_format=torch.contiguous_format)
-    cols = torch.arange(f)
-    _rqs_inverse_rows(p.detach().numpy(), x.detach().numpy(), cols.numpy(), bins,
-                      _constants(slope, bound, x.dtype), _fast_exp(slope, x.dtype))
-    return x
-
-
-_POOLS: dict[int, ThreadPoolExecutor] = {}  # by number of workers, created on first use
-
-
-def _spline_rows(p: np.ndarray, x: np.ndarray, cols: np.ndarray, bins: int, cst: np.ndarray,
-                 fast: bool) -> None:
-    """:func:`_rqs_inverse_rows` split over torch's thread count (the kernel releases the GIL)."""
-    parts = min(torch.get_num_threads(), x.shape[0] // 256)
-    if parts <= 1:
-        _rqs_inverse_rows(p, x, cols, bins, cst, fast)
-        return
-    if parts - 1 not in _POOLS:
-        _POOLS[parts - 1] = ThreadPoolExecutor(parts - 1, thread_name_prefix="unfoldmem-spline")
-    edges = np.linspace(0, x.shape[0], parts + 1).astype(int)
-    jobs = [_POOLS[parts - 1].submit(_rqs_inverse_rows, p[a:b], x[a:b], cols, bins, cst, fast)
-            for a, b in itertools.pairwise(edges[1:])]
-    _rqs_inverse_rows(p[: edges[1]], x[: edges[1]], cols, bins, cst, fast)
-    for job in jobs:
-        job.result()
-
-
-def _constants(slope: float, bound: float, dtype: torch.dtype) -> np.ndarray:
-    ls = abs(math.log(slope))
-    vals = [2 / ls, 1.0, 0.125, *(1 / k for k in range(2, 9)), 1 / ls, bound, 0.0, 0.5, 2.0, 4.0]
-    return np.array(vals, dtype=np.float32 if dtype == torch.float32 else np.float64)
-
-
-def _fast_exp(slope: float, dtype: torch.dtype) -> bool:
-    # bounded logits satisfy |v| < |log slope| / 2; the polynomial is accurate for |v| < 3.6
-    return dtype == torch.float32 and abs(math.log(slope)) / 2 < 3.6
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # by (process, workers): a fork has none
 
 
 def coupling_masks(features: int, transforms: int) -> list[Tensor]:
@@ -250,12 +120,12 @@ class CouplingNSF(Flow):
     def inverse_many(self, z: Tensor, context: Tensor, chunk: int = 2048) -> Tensor:
         r"""Base points z (n, B, D) -> features (n, B, D) given context (B, C).
 
-        Equals ``self(context).transform.inv(z)`` (tested), but everything that depends on the
-        context alone is computed once per event, not once per sample: the element-wise affine
-        map and, in every coupling hyper-network, the context part of the first linear layer,
-        :math:`W [x_a; c] + b = W_a x_a + (W_c c + b)`. Rows go in chunks of about ``chunk``
-        (cache-sized GEMMs); on the CPU each spline inverse is one fused numba loop
-        (:func:`rqs_inverse`) instead of zuko's transform objects.
+        Equals ``self(context).transform.inv(z)`` (tested); what depends on the context alone
+        is computed once per event: the element-wise affine map and each coupling's
+        :math:`W [x_a; c] + b = W_a x_a + (W_c c + b)`. Rows go in chunks of ~``chunk`` into
+        reused buffers; on the CPU each spline is one numba loop (:mod:`~unfoldmem.flows.spline`)
+        and with T = ``torch.get_num_threads()`` > 1 the chunks go to T single-threaded workers
+        (the GIL is released): no barrier inside a chunk, and the result does not depend on T.
         """
         n_s, d = z.shape[0], z.shape[-1]
         lead = context.shape[:-1]
@@ -263,31 +133,53 @@ class CouplingNSF(Flow):
         z = z.reshape(n_s, -1, d)
         b_ev = z.shape[1]
         per = max(1, chunk // max(1, b_ev))
-        steps = self._plan(context, d, per, z.is_cpu)
-        cst, fast = _constants(self.slope, 5.0, z.dtype), _fast_exp(self.slope, z.dtype)
+        steps = self._plan(context, per, z.is_cpu)
+        cst = spline_constants(self.slope, 5.0, z.dtype)
         out = torch.empty_like(z)
-        for lo in range(0, n_s, per):
-            m = min(per, n_s - lo)
-            rows = m * b_ev
-            x = z[lo : lo + m].reshape(rows, d).clone()
-            for step in steps:
-                if not isinstance(step, tuple):
-                    x = step.inv(x.view(m, b_ev, d)).reshape(rows, d)
-                    continue
-                w_in, h_c, mid, w_out, b_out, cols, layer = step
-                h = F.silu(torch.addmm(h_c[:rows], x, w_in), inplace=True)
-                for w, b in mid:
-                    h = F.silu(torch.addmm(b, h, w), inplace=True)
-                p = torch.addmm(b_out, h, w_out)
-                if layer is None:
-                    _spline_rows(p.numpy(), x.numpy(), cols.numpy(), self.bins, cst, fast)
-                else:  # not on the CPU: zuko's spline
-                    phi = unpack(p.unflatten(-1, (-1, layer.total)), layer.shapes)
-                    x[:, cols] = layer.univariate(*phi).inv(x[:, cols])
-            out[lo : lo + m] = x.view(m, b_ev, d)
+
+        local, inference = threading.local(), torch.is_inference_mode_enabled()
+
+        def buf(name: object, rows: int, cols: int) -> Tensor:  # a worker's buffer, reused
+            if (name, cols) not in local.__dict__:
+                local.__dict__[name, cols] = z.new_empty(per * b_ev, cols)
+            return local.__dict__[name, cols][:rows]
+
+        def run(lo: int) -> None:
+            # grad and inference modes are per thread: a worker takes the caller's
+            with torch.inference_mode() if inference else torch.no_grad():
+                m = min(per, n_s - lo)
+                rows = m * b_ev
+                x = buf("x", rows, d)
+                x.copy_(z[lo : lo + m].reshape(rows, d))
+                for step in steps:
+                    if not isinstance(step, tuple):
+                        x = step.inv(x.view(m, b_ev, d)).reshape(rows, d)
+                        continue
+                    w_in, idx_a, h_c, mid, w_out, b_out, idx_b, layer = step
+                    xa = torch.index_select(x, 1, idx_a, out=buf("a", rows, idx_a.numel()))
+                    h = torch.addmm(h_c[:rows], xa, w_in, out=buf(0, rows, w_in.shape[1]))
+                    for j, (w, b) in enumerate(mid):
+                        h = torch.addmm(b, F.silu(h, inplace=True), w,
+                                        out=buf((j + 1) % 2, rows, w.shape[1]))
+                    p = torch.addmm(b_out, F.silu(h, inplace=True), w_out,
+                                    out=buf("p", rows, w_out.shape[1]))
+                    if layer is None:
+                        spline_rows_inverse(p, x, idx_b, self.bins, cst)
+                    else:  # not on the CPU: zuko's spline
+                        phi = unpack(p.unflatten(-1, (-1, layer.total)), layer.shapes)
+                        x[:, idx_b] = layer.univariate(*phi).inv(x[:, idx_b])
+                out[lo : lo + m] = x.view(m, b_ev, d)
+
+        starts = range(0, n_s, per)
+        workers = min(torch.get_num_threads(), len(starts)) if z.is_cpu else 1
+        if workers <= 1:
+            for lo in starts:
+                run(lo)
+        else:
+            list(_pool(workers).map(run, starts))
         return out.reshape(n_s, *lead, d)
 
-    def _plan(self, context: Tensor, d: int, per: int, cpu: bool) -> list:
+    def _plan(self, context: Tensor, per: int, cpu: bool) -> list:
         """Per layer, inverse order: a zuko transform of the context, or the coupling's parts."""
         steps: list = []
         k = self.bins
@@ -301,17 +193,35 @@ class CouplingNSF(Flow):
                 continue
             idx_a, idx_b = layer.mask.nonzero()[:, 0], (~layer.mask).nonzero()[:, 0]
             first, last = lins[0], lins[-1]
-            w_in = first.weight.new_zeros(first.weight.shape[0], d)
-            w_in[:, idx_a] = first.weight[:, : idx_a.numel()]
-            h_c = F.linear(context, first.weight[:, idx_a.numel() :], first.bias).repeat(per, 1)
+            na = idx_a.numel()
+            h_c = F.linear(context, first.weight[:, na:], first.bias).repeat(per, 1)
             mid = [(lin.weight.t(), lin.bias) for lin in lins[1:-1]]
             w_out, b_out = last.weight, last.bias
             if cpu:  # rows [widths, heights of each feature | derivatives of each feature]
                 r = torch.arange(w_out.shape[0], device=w_out.device).view(idx_b.numel(), -1)
                 perm = torch.cat([r[:, : 2 * k].reshape(-1), r[:, 2 * k :].reshape(-1)])
-                w_out, b_out = w_out[perm], b_out[perm]
-            steps.append((w_in.t(), h_c, mid, w_out.t(), b_out, idx_b, None if cpu else layer))
+                # zero rows up to a multiple of 16: MKL's AVX2 kernels are ~30 % faster then
+                pad = -perm.numel() % 16
+                w_out = torch.cat([w_out[perm], w_out.new_zeros(pad, w_out.shape[1])])
+                b_out = torch.cat([b_out[perm], b_out.new_zeros(pad)])
+            steps.append((first.weight[:, :na].t().contiguous(), idx_a, h_c, mid,
+                          w_out.t().contiguous(), b_out, idx_b, None if cpu else layer))
         return steps
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of single-threaded torch workers (each chunk is one unsynchronised task)."""
+    key = (os.getpid(), workers)
+    if key not in _POOLS:
+        threads = torch.get_num_threads()
+        # torch.set_num_threads sets the calling thread's OpenMP/MKL count (and the default of
+        # threads created later): 1 in each worker, the caller's own count restored after.
+        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="unfoldmem-sample",
+                                         initializer=torch.set_num_threads, initargs=(1,))
+        barrier = threading.Barrier(workers)  # start them all now, while the count is 1
+        list(_POOLS[key].map(lambda _: barrier.wait(), range(workers)))
+        torch.set_num_threads(threads)
+    return _POOLS[key]
 
 
 def _phi_coordinate(cos: Tensor, sin: Tensor) -> Tensor:
@@ -416,11 +326,12 @@ class CINN(nn.Module):
     ) -> CINN:
         """Build a cINN with encodings fitted to (weighted) training data.
 
-        With ``encoding.parton_coordinates == "resonances"`` the partons are encoded by their
-        decay tree (:class:`~unfoldmem.flows.parametrization.ResonanceEncoding`): from the PDG
-        ids (:func:`~unfoldmem.flows.parametrization.decay_tree`) or, without them, from narrow
-        invariant masses (:func:`~unfoldmem.flows.parametrization.infer_tree`). A tree without
-        any resonance and with free total pt is the plain :class:`ObjectEncoding`.
+        With ``encoding.parton_coordinates`` ``"resonances"`` or ``"onshell"`` the partons are
+        encoded by their decay tree (:class:`~unfoldmem.flows.parametrization.ResonanceEncoding`,
+        :class:`~unfoldmem.flows.onshell.OnShellEncoding`): from the PDG ids
+        (:func:`~unfoldmem.flows.decay_tree.decay_tree`) or, without them, from narrow
+        invariant masses (:func:`~unfoldmem.flows.decay_tree.infer_tree`). A tree without
+        any resonance is the plain :class:`ObjectEncoding`.
 
         Arguments:
             partons: (n, n_partons, 4) (pt GeV, eta, phi, m GeV).
@@ -430,14 +341,25 @@ class CINN(nn.Module):
             pdg: (n_partons,) PDG id of each parton slot, for the decay tree.
         """
         encoding = encoding or EncodingConfig()
-        penc: ObjectEncoding | ResonanceEncoding
+        penc: nn.Module
         penc = ObjectEncoding.fit(partons, weight, encoding.relative_phi, encoding.mass_offset)
+        tree = None if pdg is None else narrow_tree(decay_tree(pdg), partons)
         if encoding.parton_coordinates == "resonances":
-            tree = None if pdg is None else narrow_tree(decay_tree(pdg), partons)
             renc = ResonanceEncoding.fit(partons, weight, tree, encoding.relative_phi,
                                          encoding.mass_offset)
             if renc.nodes:
                 penc = renc
+        elif encoding.parton_coordinates == "onshell":
+            # imported here: this method is the only part of the module that needs it
+            from unfoldmem.flows.decay_tree import invisible_slots, orient_tree
+            from unfoldmem.flows.onshell import OnShellEncoding
+
+            if tree is not None and pdg is not None:
+                tree = orient_tree(tree, pdg)
+            oenc = OnShellEncoding.fit(partons, weight, tree, encoding.mass_offset,
+                                       invisible=invisible_slots(pdg or []))
+            if oenc.nodes:
+                penc = oenc
         return cls(penc, RecoEncoding.fit(reco, mask, weight), flow, condition)
 
     @property
