@@ -79,7 +79,7 @@ def train(
     torch.manual_seed(card.training.seed)
     if card.model == "cinn":
         from unfoldmem.flows.cinn import CINN
-        from unfoldmem.unfold.cinn_unfold import parton_slots
+        from unfoldmem.unfold.model_layout import parton_slots
 
         core = CINN.from_data(v, reco, mask, weight, card.flow, card.condition, card.encoding,
                               pdg=parton_slots(partons)[1].tolist())
@@ -104,7 +104,7 @@ def train(
     extra: dict[str, Any] = {}
     if card.model == "cinn":
         try:
-            from unfoldmem.unfold.cinn_unfold import ModelLayout
+            from unfoldmem.unfold.model_layout import ModelLayout
 
             extra["layout"] = ModelLayout.from_training(partons, events).to_dict()
         except (ImportError, AttributeError, ValueError):

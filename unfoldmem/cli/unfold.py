@@ -52,9 +52,9 @@ def unfold(
     from unfoldmem.io.atomic import atomic_path, check_writable
     from unfoldmem.physics.observables import guess_process, observables_for
     from unfoldmem.unfold.acceptance import PHASE_SPACES, FiducialCuts, efficiencies
-    from unfoldmem.unfold.cinn_unfold import ModelLayout, check_data, load_layout
     from unfoldmem.unfold.cinn_unfold import unfold as run_unfold
     from unfoldmem.unfold.iterative import IterativeConfig, Simulation, iterate
+    from unfoldmem.unfold.model_layout import ModelLayout, check_data, load_layout
     from unfoldmem.unfold.report import (
         calibration,
         truth_histograms,

@@ -28,6 +28,8 @@ top-down from the root. Inserting :math:`\delta^4` and :math:`\delta(m^2)` per n
 \frac{|p^*_j|}{4 m_j} d\Omega^*_j`, with :math:`d^3p = p_T^2\cosh\eta\,dp_T\,d\eta\,d\phi`.
 For tt̄ → (b ℓν)(b̄ qq̄′): ℓ keeps :math:`(\log p_T, \eta, \phi)`, ν and :math:`b_\ell` their
 directions with :math:`m_W, m_t`; the hadronic top is :math:`(y, m_t, m_W)` and two decays.
+Which parton takes which of these roles is planned from the decay tree in
+:mod:`unfoldmem.flows.onshell_plan`.
 
 References:
     | Two invertible networks for the matrix element method (Heimel et al., 2023)
@@ -59,7 +61,7 @@ from torch import Tensor, nn
 
 from unfoldmem.flows.decay_tree import flatten_tree, infer_tree, nest_tree
 from unfoldmem.flows.encoding import register_standardisation, weighted_mean_std
-from unfoldmem.flows.parametrization import _boost
+from unfoldmem.flows.onshell_plan import plan_onshell, subtree_leaves, subtree_nodes
 from unfoldmem.physics import lorentz
 
 __all__ = ["OnShellEncoding"]
@@ -148,55 +150,11 @@ class OnShellEncoding(nn.Module):
         self.register_buffer("fixed_mass", fixed)
         self.free_index = [i for i, f in enumerate(free.tolist()) if f]
         self.invisible = sorted(int(i) for i in invisible)
-        # plan: ("leaf", i) | ("bu"|"rel", j, k, c) | ("anchor", b, a) | ("td", j, k, c); a = -1:
-        # none. "rel": bottom-up with k's direction relative to c's (an invisible k)
-        self.steps: list[tuple[Any, ...]] = []
-        self.massed: list[int] = []  # nodes whose s_j is a coordinate, post-order
-        self.other: dict[int, int] = {}  # node -> child c of s_j = log(m_j² − m_c²)
-
-        def split(j: int, prefer: int) -> tuple[int, int]:
-            a, b = self.nodes[j]
-            kids = (a, b) if prefer == 0 else (b, a)
-            for kk, cc in (kids, kids[::-1]):
-                if kk >= 0 and massless[kk]:
-                    return kk, cc
-            msg = f"node {nest_tree(self.nodes, -j - 1)} has no massless parton child"
-            raise ValueError(msg)
-
-        def bottom_up(code: int) -> None:
-            if code >= 0:
-                self.steps.append(("leaf", code))
-                return
-            j = -code - 1
-            kk, cc = split(j, 1)
-            bottom_up(cc)
-            self.other[j] = cc
-            self.steps.append(("rel" if kk in self.invisible else "bu", j, kk, cc))
-
-        def top_down(code: int) -> None:
-            if code >= 0:
-                return
-            j = -code - 1
-            kk, cc = split(j, 0)
-            self.other[j] = cc
-            self.steps.append(("td", j, kk, cc))
-            top_down(cc)
-
-        self.top_down_codes: list[int] = []
-        if self.fixed_pt:
-            r = -self.roots[0] - 1
-            a, b = self.nodes[r]
-            if any(c >= 0 and massless[c] for c in (a, b)):
-                a, b = -1, self.roots[0]
-            else:
-                bottom_up(a)
-            self.steps.append(("anchor", b, a))
-            top_down(b)
-            self.top_down_codes = [b]
-        else:
-            for root in self.roots:
-                bottom_up(root)
-        self.massed = sorted(self.other)
+        plan = plan_onshell(self.nodes, self.roots, massless, self.invisible, self.fixed_pt)
+        self.steps = plan.steps
+        self.other = plan.other  # node -> child c of s_j = log(m_j² − m_c²)
+        self.massed = plan.massed  # nodes whose s_j is a coordinate, post-order
+        self.top_down_codes = plan.top_down_codes
         n_step = sum({"leaf": 3, "bu": 2, "rel": 2, "td": 2, "anchor": 1}[s[0]] for s in self.steps)
         register_standardisation(self, n_step + len(self.massed) + len(self.free_index), mean,
                                  std)
@@ -289,7 +247,7 @@ class OnShellEncoding(nn.Module):
             elif step[0] == "td":
                 j, kk = step[1], step[2]
                 q, mq = mom[-j - 1], lorentz.mass(mom[-j - 1])
-                d = _boost(p_leaf[..., kk, :], q, mq, -1.0)[..., 1:]
+                d = lorentz.boost_frame(p_leaf[..., kk, :], q, mq, to_rest=True)[..., 1:]
                 cos = (d[..., 2] / torch.linalg.vector_norm(d, dim=-1)).clamp(-_U_MAX, _U_MAX)
                 u = (torch.atan2(d[..., 1], d[..., 0]) / math.pi).clamp(-_U_MAX, _U_MAX)
                 cols.extend([torch.atanh(cos), torch.atanh(u)])
@@ -306,7 +264,7 @@ class OnShellEncoding(nn.Module):
                 # d³B/(2E_B) = ½ d²P_T dy, and the P_T Gaussian's log-density
                 ladj = (ladj + math.log(2.0) - (ptot[..., 1] ** 2 + ptot[..., 2] ** 2) / (2 * s2)
                         - math.log(2 * math.pi * s2))
-                in_b = self._leaves(b)
+                in_b = subtree_leaves(self.nodes, b)
         for i in in_b:
             # Π d³p/(2E) → Π dp_T dη dφ: factor 2E/(p_T² cosh η) per leaf of the top-down half
             ladj = (ladj - torch.log(2 * p_leaf[..., i, 0]) + 2 * pt[..., i].log()
@@ -318,30 +276,11 @@ class OnShellEncoding(nn.Module):
             # m_j² − m_c² = 2 c·k for massless k, exact and positive
             s = torch.log(2 * p_leaf[..., kk, 0] * (c[..., 0] - (c[..., 1:] * n).sum(-1)))
             cols.append(s)
-            if j in self._td_nodes():
+            if j in subtree_nodes(self.nodes, self.top_down_codes):
                 ladj = ladj - s  # dm_j² = e^{s_j} ds_j in the top-down measure
         mf = m_leaf[..., self.free_index] + self.mass_offset
         raw = torch.cat([torch.stack(cols, -1), mf.log()], -1)
         return raw, ladj - mf.log().sum(-1)
-
-    def _leaves(self, code: int) -> list[int]:
-        if code >= 0:
-            return [code]
-        a, b = self.nodes[-code - 1]
-        return self._leaves(a) + self._leaves(b)
-
-    def _td_nodes(self) -> list[int]:
-        out: list[int] = []
-
-        def visit(code: int) -> None:
-            if code < 0:
-                out.append(-code - 1)
-                for c in self.nodes[-code - 1]:
-                    visit(c)
-
-        for code in self.top_down_codes:
-            visit(code)
-        return out
 
     def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
         r"""Encode partons (..., k, 4) -> features (..., D) float64 and log|det ∂x/∂v| (...)."""
@@ -404,8 +343,8 @@ class OnShellEncoding(nn.Module):
                 d = torch.stack([sin * torch.cos(phs), sin * torch.sin(phs), cos], -1) * ps[..., None]
                 qk = torch.cat([ps[..., None], d], -1)
                 qc = torch.cat([torch.sqrt(ps * ps + m2[cc])[..., None], -d], -1)
-                mom[kk] = _boost(qk, mom[-j - 1], mq, 1.0)
-                mom[cc] = _boost(qc, mom[-j - 1], mq, 1.0)
+                mom[kk] = lorentz.boost_frame(qk, mom[-j - 1], mq)
+                mom[cc] = lorentz.boost_frame(qc, mom[-j - 1], mq)
             else:
                 b, a = step[1], step[2]
                 assert transverse is not None

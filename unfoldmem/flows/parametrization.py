@@ -84,19 +84,6 @@ def _pstar(m: Tensor, ma: Tensor, mb: Tensor) -> Tensor:
     return torch.sqrt(lam.clamp_min(0.0)) / (2 * m)
 
 
-def _boost(q: Tensor, p: Tensor, m: Tensor, sign: float) -> Tensor:
-    r"""Boost q by the frame of p (mass m): sign=-1 lab → rest, +1 rest → lab; (..., 4).
-
-    Written with :math:`\gamma = E/m`, :math:`\gamma\vec\beta = \vec p/m`, exact at large boosts.
-    """
-    e, v = p[..., :1], p[..., 1:] * sign
-    mm = m[..., None]
-    pq = (v * q[..., 1:]).sum(-1, keepdim=True)
-    q0 = (e * q[..., :1] + pq) / mm
-    q3 = q[..., 1:] + v * (q[..., :1] + pq / (e + mm)) / mm
-    return torch.cat([q0, q3], -1)
-
-
 class ResonanceEncoding(nn.Module):
     r"""Bijection partons (pt, eta, phi, m) ↔ standardised resonance coordinates.
 
@@ -220,7 +207,7 @@ class ResonanceEncoding(nn.Module):
         for j, (a, b) in enumerate(self.nodes):
             big = mom[a] + mom[b]
             mj = torch.sqrt(lorentz.mass2(big).clamp_min(1e-300))
-            q = _boost(mom[a], big, mj, -1.0)[..., 1:]
+            q = lorentz.boost_frame(mom[a], big, mj, to_rest=True)[..., 1:]
             cos = (q[..., 2] / torch.linalg.vector_norm(q, dim=-1)).clamp(-_U_MAX, _U_MAX)
             u = (torch.atan2(q[..., 1], q[..., 0]) / math.pi).clamp(-_U_MAX, _U_MAX)
             mom[-j - 1], mass[-j - 1] = big, mj
@@ -309,7 +296,7 @@ class ResonanceEncoding(nn.Module):
             d = torch.stack([sin * torch.cos(phs), sin * torch.sin(phs), cos], -1) * ps[..., None]
             qa = torch.cat([torch.sqrt(ps * ps + mass[a] ** 2)[..., None], d], -1)
             qb = torch.cat([torch.sqrt(ps * ps + mass[b] ** 2)[..., None], -d], -1)
-            mom[a], mom[b] = _boost(qa, big, mj, 1.0), _boost(qb, big, mj, 1.0)
+            mom[a], mom[b] = lorentz.boost_frame(qa, big, mj), lorentz.boost_frame(qb, big, mj)
         p = torch.stack([mom[i] for i in range(self.n_objects)], -2)
         v = lorentz.to_ptetaphim(p)
         return torch.cat([v[..., :3], m_leaf[..., None]], -1)

@@ -23,6 +23,7 @@ __all__ = [
     "from_ptetaphim",
     "boost",
     "boost_to_rest",
+    "boost_frame",
     "beta3",
     "cos_theta_cs",
     "cos_theta_helicity",
@@ -187,6 +188,32 @@ def boost_to_rest(p: Tensor, frame: Tensor) -> Tensor:
         (..., 4) ``p`` as seen in the rest frame of ``frame``.
     """
     return boost(p, -beta3(frame))
+
+
+def boost_frame(q: Tensor, frame: Tensor, frame_mass: Tensor, to_rest: bool = False) -> Tensor:
+    r"""Boost ``q`` between the lab and the rest frame of ``frame`` (a pure boost, lab axes kept).
+
+    The same boost as :func:`boost` / :func:`boost_to_rest`, but written with
+    :math:`\gamma = E/m` and :math:`\gamma\vec\beta = \vec p/m` of the frame and its mass given,
+    so it stays exact at large boosts, where the velocity form loses precision in
+    :math:`1 - \beta^2`; a decoder that builds the frame from its mass knows that mass exactly.
+
+    Arguments:
+        q: (..., 4) four-vectors (E, px, py, pz), GeV.
+        frame: (..., 4) timelike four-vectors of the frame, GeV.
+        frame_mass: (...) the frame's mass, GeV.
+        to_rest: True: lab → rest frame of ``frame``; False: rest frame → lab.
+
+    Returns:
+        (..., 4) the boosted four-vectors.
+    """
+    sign = -1.0 if to_rest else 1.0
+    e, v = frame[..., :1], frame[..., 1:] * sign
+    mm = frame_mass[..., None]
+    pq = (v * q[..., 1:]).sum(-1, keepdim=True)
+    q0 = (e * q[..., :1] + pq) / mm
+    q3 = q[..., 1:] + v * (q[..., :1] + pq / (e + mm)) / mm
+    return torch.cat([q0, q3], -1)
 
 
 def cos_theta_cs(lminus: Tensor, lplus: Tensor) -> Tensor:

@@ -49,15 +49,10 @@ from unfoldmem.flows.model_dir import core_of
 from unfoldmem.flows.training import TrainResult, train
 from unfoldmem.physics import lorentz
 from unfoldmem.physics.observables import Observable
-from unfoldmem.unfold.cinn_unfold import (
-    ModelLayout,
-    ObservableSamples,
-    UnfoldedSamples,
-    observe,
-    parton_slots,
-    sample_posterior,
-)
+from unfoldmem.unfold.cinn_unfold import ObservableSamples, observe
 from unfoldmem.unfold.classifier import ClassifierConfig, EventFeatures, train_classifier
+from unfoldmem.unfold.model_layout import ModelLayout, parton_slots
+from unfoldmem.unfold.posterior import UnfoldedSamples, sample_posterior
 from unfoldmem.unfold.uncertainty import UnfoldedHist
 from unfoldmem.weights import WeightDiagnosticsConfig, check_weights
 
