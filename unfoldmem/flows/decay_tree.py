@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from unfoldmem.physics import lorentz
 
 __all__ = [
+    "DecayTreeEncoding",
     "decay_tree",
     "flatten_tree",
     "infer_tree",
@@ -215,3 +216,38 @@ def orient_tree(roots: Sequence[Any], pdg: Sequence[int]) -> list[Any]:
 def invisible_slots(pdg: Sequence[int]) -> list[int]:
     """Slots of neutrinos (PDG 12, 14, 16), whose lab direction is not measured."""
     return [i for i, p in enumerate(pdg) if abs(int(p)) in _NEUTRINOS]
+
+
+class DecayTreeEncoding(nn.Module):
+    """What the decay-tree parton encodings share: sizes, the tree, and the standardised
+    forward map built from a subclass's ``_raw(v) -> (raw features, log|det|)``.
+
+    Subclasses set ``free_mass`` (k,), ``nodes``, ``roots`` and the ``mean``/``std`` buffers.
+    """
+
+    def _raw(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    @property
+    def n_objects(self) -> int:
+        """Number of partons encoded."""
+        return int(self.free_mass.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """Length of the feature vector."""
+        return int(self.mean.shape[0])
+
+    @property
+    def tree(self) -> list[Any]:
+        """The roots as nested lists of slot indices."""
+        return [nest_tree(self.nodes, r) for r in self.roots]
+
+    def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Encode partons (..., k, 4) -> features (..., D) float64 and log|det ∂x/∂v| (...)."""
+        raw, ladj = self._raw(v)
+        return (raw - self.mean) / self.std, ladj - self.std.log().sum()
+
+    def log_abs_det_jacobian(self, v: Tensor) -> Tensor:
+        """log|det dx/dv| of :meth:`forward`; (..., k, 4) -> (...)."""
+        return self.forward(v)[1]

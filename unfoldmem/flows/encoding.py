@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from unfoldmem.physics import lorentz
 
 __all__ = [
+    "U_MAX",
     "RECO_TYPES",
     "ObjectEncoding",
     "RecoEncoding",
@@ -63,7 +64,7 @@ __all__ = [
 RECO_TYPES = ("met", "muon", "electron", "jet")
 
 # atanh(±(1 - 1e-12)) ≈ ±14: finite, and far outside the spline domain of any flow.
-_U_MAX = 1.0 - 1e-12
+U_MAX = 1.0 - 1e-12
 
 
 def _wrap(phi: Tensor) -> Tensor:
@@ -200,7 +201,7 @@ class ObjectEncoding(nn.Module):
         pt, eta, phi, m = v.unbind(-1)
         if self.relative_phi and self.n_objects > 1:
             phi = torch.cat([phi[..., :1], lorentz.delta_phi(phi[..., 1:], phi[..., :1])], -1)
-        u = (phi / math.pi).clamp(-_U_MAX, _U_MAX)
+        u = (phi / math.pi).clamp(-U_MAX, U_MAX)
         mf = m[..., self.free_mass] + self.mass_offset
         raw = torch.cat([torch.log(pt), eta[..., self.free_eta], torch.atanh(u), torch.log(mf)], -1)
         ladj = (-torch.log(pt) - math.log(math.pi) - torch.log1p(-u * u)).sum(-1)

@@ -21,12 +21,11 @@ from torch import Tensor, nn
 from zuko.flows import Flow, GeneralCouplingTransform
 
 from unfoldmem.flows.cinn import CINN
-from unfoldmem.flows.encoding import ObjectEncoding
+from unfoldmem.flows.encoding import U_MAX, ObjectEncoding
 from unfoldmem.flows.transfer import JET, TransferFlow
 
 __all__ = ["CINNSampler", "TransferLogDensity"]
 
-_U_MAX = 1.0 - 1e-12
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -58,7 +57,7 @@ class _StaticEncoding(nn.Module):
         if self.relative_phi:
             dphi = torch.remainder(phi[..., 1:] - phi[..., :1] + math.pi, 2 * math.pi) - math.pi
             phi = torch.cat([phi[..., :1], dphi], -1)
-        u = (phi / math.pi).clamp(-_U_MAX, _U_MAX)
+        u = (phi / math.pi).clamp(-U_MAX, U_MAX)
         # atanh as logs: onnxruntime has no float64 Atanh kernel
         parts = [torch.log(pt), eta[..., self.eta_idx], 0.5 * (torch.log1p(u) - torch.log1p(-u))]
         ladj = (-torch.log(pt) - math.log(math.pi) - torch.log1p(-u * u)).sum(-1)

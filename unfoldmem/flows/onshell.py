@@ -57,16 +57,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from unfoldmem.flows.decay_tree import flatten_tree, infer_tree, nest_tree
-from unfoldmem.flows.encoding import register_standardisation, weighted_mean_std
+from unfoldmem.flows.decay_tree import DecayTreeEncoding, flatten_tree, infer_tree
+from unfoldmem.flows.encoding import U_MAX, register_standardisation, weighted_mean_std
 from unfoldmem.flows.onshell_plan import plan_onshell, subtree_leaves, subtree_nodes
 from unfoldmem.physics import lorentz
 
 __all__ = ["OnShellEncoding"]
 
-_U_MAX = 1.0 - 1e-12
 
 
 def _frame(p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -80,7 +79,7 @@ def _frame(p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def _relative(p: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
     r"""Direction n (..., 3) as (η, φ) about p's axis: :math:`\tanh\eta = \hat n\cdot\hat p`."""
     u1, u2, u3 = _frame(p)
-    c = (n * u3).sum(-1).clamp(-_U_MAX, _U_MAX)
+    c = (n * u3).sum(-1).clamp(-U_MAX, U_MAX)
     return torch.atanh(c), torch.atan2((n * u2).sum(-1), (n * u1).sum(-1))
 
 
@@ -97,7 +96,7 @@ def _dir(eta: Tensor, phi: Tensor) -> Tensor:
     return p[..., 1:] / p[..., :1]
 
 
-class OnShellEncoding(nn.Module):
+class OnShellEncoding(DecayTreeEncoding):
     r"""Bijection partons (pt, eta, phi, m) ↔ standardised on-shell lab-frame coordinates.
 
     Arguments:
@@ -159,21 +158,6 @@ class OnShellEncoding(nn.Module):
         register_standardisation(self, n_step + len(self.massed) + len(self.free_index), mean,
                                  std)
 
-    @property
-    def n_objects(self) -> int:
-        """Number of partons encoded."""
-        return int(self.free_mass.shape[0])
-
-    @property
-    def n_features(self) -> int:
-        """Length of the feature vector."""
-        return int(self.mean.shape[0])
-
-    @property
-    def tree(self) -> list[Any]:
-        """The roots as nested lists of slot indices."""
-        return [nest_tree(self.nodes, r) for r in self.roots]
-
     @classmethod
     def fit(
         cls,
@@ -224,7 +208,7 @@ class OnShellEncoding(nn.Module):
         ladj = torch.zeros_like(pt[..., 0])
 
         def angle(i: int) -> Tensor:
-            u = (phi[..., i] / math.pi).clamp(-_U_MAX, _U_MAX)
+            u = (phi[..., i] / math.pi).clamp(-U_MAX, U_MAX)
             cols.extend([eta[..., i], torch.atanh(u)])
             return -math.log(math.pi) - torch.log1p(-u * u)
 
@@ -239,7 +223,7 @@ class OnShellEncoding(nn.Module):
             elif step[0] == "rel":
                 kk = step[2]
                 eta_r, phi_r = _relative(mom[step[3]], p_leaf[..., kk, 1:] / p_leaf[..., kk, :1])
-                u = (phi_r / math.pi).clamp(-_U_MAX, _U_MAX)
+                u = (phi_r / math.pi).clamp(-U_MAX, U_MAX)
                 cols.extend([eta_r, torch.atanh(u)])
                 # d³k = |k|³ sech²η_rel ds dη_rel dφ_rel; d³k = p_T² cosh η dp_T dη dφ
                 ladj = (ladj - pt[..., kk].log() - 2 * torch.cosh(eta[..., kk]).log()
@@ -248,8 +232,8 @@ class OnShellEncoding(nn.Module):
                 j, kk = step[1], step[2]
                 q, mq = mom[-j - 1], lorentz.mass(mom[-j - 1])
                 d = lorentz.boost_frame(p_leaf[..., kk, :], q, mq, to_rest=True)[..., 1:]
-                cos = (d[..., 2] / torch.linalg.vector_norm(d, dim=-1)).clamp(-_U_MAX, _U_MAX)
-                u = (torch.atan2(d[..., 1], d[..., 0]) / math.pi).clamp(-_U_MAX, _U_MAX)
+                cos = (d[..., 2] / torch.linalg.vector_norm(d, dim=-1)).clamp(-U_MAX, U_MAX)
+                u = (torch.atan2(d[..., 1], d[..., 0]) / math.pi).clamp(-U_MAX, U_MAX)
                 cols.extend([torch.atanh(cos), torch.atanh(u)])
                 # |p*|/(4 m_Q) dΩ* (rest frame of Q by a pure boost), p* = (m_Q² − m_c²)/(2 m_Q)
                 ps = (mq * mq - lorentz.mass2(mom[step[3]])) / (2 * mq)
@@ -281,15 +265,6 @@ class OnShellEncoding(nn.Module):
         mf = m_leaf[..., self.free_index] + self.mass_offset
         raw = torch.cat([torch.stack(cols, -1), mf.log()], -1)
         return raw, ladj - mf.log().sum(-1)
-
-    def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Encode partons (..., k, 4) -> features (..., D) float64 and log|det ∂x/∂v| (...)."""
-        raw, ladj = self._raw(v)
-        return (raw - self.mean) / self.std, ladj - self.std.log().sum()
-
-    def log_abs_det_jacobian(self, v: Tensor) -> Tensor:
-        """log|det dx/dv| of :meth:`forward`; (..., k, 4) -> (...)."""
-        return self.forward(v)[1]
 
     def inverse(self, x: Tensor, transverse: Tensor | None = None) -> Tensor:
         """Decode features (..., D) -> partons (..., k, 4) float64 (pt, eta, phi, m).

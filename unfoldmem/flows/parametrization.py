@@ -58,13 +58,18 @@ import torch
 from torch import Tensor, nn
 
 from unfoldmem.flows.decay_tree import (
+    DecayTreeEncoding,
     decay_tree,
     flatten_tree,
     infer_tree,
     narrow_tree,
-    nest_tree,
 )
-from unfoldmem.flows.encoding import ObjectEncoding, register_standardisation, weighted_mean_std
+from unfoldmem.flows.encoding import (
+    U_MAX,
+    ObjectEncoding,
+    register_standardisation,
+    weighted_mean_std,
+)
 from unfoldmem.physics import lorentz
 
 __all__ = [
@@ -75,7 +80,6 @@ __all__ = [
     "parton_encoding_from_dict",
 ]
 
-_U_MAX = 1.0 - 1e-12
 
 
 def _pstar(m: Tensor, ma: Tensor, mb: Tensor) -> Tensor:
@@ -84,7 +88,7 @@ def _pstar(m: Tensor, ma: Tensor, mb: Tensor) -> Tensor:
     return torch.sqrt(lam.clamp_min(0.0)) / (2 * m)
 
 
-class ResonanceEncoding(nn.Module):
+class ResonanceEncoding(DecayTreeEncoding):
     r"""Bijection partons (pt, eta, phi, m) ↔ standardised resonance coordinates.
 
     Arguments:
@@ -134,21 +138,6 @@ class ResonanceEncoding(nn.Module):
         self.register_buffer("fixed_mass", fixed.to(torch.float64))
         d = (len(self.roots) * (1 if fixed_pt else 3) + 3 * len(self.nodes) + int(free.sum()))
         register_standardisation(self, d, mean, std)
-
-    @property
-    def n_objects(self) -> int:
-        """Number of partons encoded."""
-        return int(self.free_mass.shape[0])
-
-    @property
-    def n_features(self) -> int:
-        """Length of the feature vector."""
-        return int(self.mean.shape[0])
-
-    @property
-    def tree(self) -> list[Any]:
-        """The roots as nested lists of slot indices."""
-        return [nest_tree(self.nodes, r) for r in self.roots]
 
     @classmethod
     def fit(
@@ -208,8 +197,8 @@ class ResonanceEncoding(nn.Module):
             big = mom[a] + mom[b]
             mj = torch.sqrt(lorentz.mass2(big).clamp_min(1e-300))
             q = lorentz.boost_frame(mom[a], big, mj, to_rest=True)[..., 1:]
-            cos = (q[..., 2] / torch.linalg.vector_norm(q, dim=-1)).clamp(-_U_MAX, _U_MAX)
-            u = (torch.atan2(q[..., 1], q[..., 0]) / math.pi).clamp(-_U_MAX, _U_MAX)
+            cos = (q[..., 2] / torch.linalg.vector_norm(q, dim=-1)).clamp(-U_MAX, U_MAX)
+            u = (torch.atan2(q[..., 1], q[..., 0]) / math.pi).clamp(-U_MAX, U_MAX)
             mom[-j - 1], mass[-j - 1] = big, mj
             log_m.append(mj.log())
             angles += [torch.atanh(cos), torch.atanh(u)]
@@ -230,7 +219,7 @@ class ResonanceEncoding(nn.Module):
             if self.relative_phi and phi0 is not None:
                 phir = lorentz.delta_phi(phir, phi0)
             phi0 = phir if phi0 is None else phi0
-            u = (phir / math.pi).clamp(-_U_MAX, _U_MAX)
+            u = (phir / math.pi).clamp(-U_MAX, U_MAX)
             roots += [ptr.log(), torch.atanh(u)]
             ladj = ladj - 2 * ptr.log() - math.log(math.pi) - torch.log1p(-u * u)
         mf = m_leaf[..., self.free_mass] + self.mass_offset
@@ -238,15 +227,6 @@ class ResonanceEncoding(nn.Module):
         raw = torch.cat([torch.stack(cols, -1) if cols else mf[..., :0], mf.log(),
                          torch.stack(angles, -1) if angles else mf[..., :0]], -1)
         return raw, ladj - mf.log().sum(-1)
-
-    def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Encode partons (..., k, 4) -> features (..., D) float64 and log|det ∂x/∂v| (...)."""
-        raw, ladj = self._raw(v)
-        return (raw - self.mean) / self.std, ladj - self.std.log().sum()
-
-    def log_abs_det_jacobian(self, v: Tensor) -> Tensor:
-        """log|det dx/dv| of :meth:`forward`; (..., k, 4) -> (...)."""
-        return self.forward(v)[1]
 
     def inverse(self, x: Tensor, transverse: Tensor | None = None) -> Tensor:
         """Decode features (..., D) -> partons (..., k, 4) float64 (pt, eta, phi, m).
