@@ -104,9 +104,43 @@ def test_likelihood_cli_writes_ll_root(cli, dy_file: Path, tmp_path: Path) -> No
     assert r2.code == 2 and "--overwrite" in r2.err
 
 
+def _run(cli, dy_file: Path, out: Path, *extra: object):
+    r = cli("-q", "likelihood", dy_file, "--process", PROCESS, "--theta", "m_z=90.5:92:3",
+            "--precision", "0.1", "--n-max", "512", "--chunk-size", "2", "-o", out, *extra)
+    assert r.code == 0, r.err
+    return read_likelihoods(out)
+
+
+def test_likelihood_cli_dask_equals_local(cli, dy_file: Path, tmp_path: Path) -> None:
+    """--workers 2 (a local cluster of 2 worker processes) and --scheduler ADDRESS (a running
+    cluster) give the single-process result to 1e-12 relative (reference: the local run, same
+    chunks of 2 events: 3 chunks, one of them with the flagged event)."""
+    from distributed import LocalCluster
+
+    local = _run(cli, dy_file, tmp_path / "local.root")
+    dask = _run(cli, dy_file, tmp_path / "dask.root", "--workers", "2")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster:
+        remote = _run(cli, dy_file, tmp_path / "remote.root", "--scheduler",
+                      cluster.scheduler_address)
+    good = local.flag == 0
+    assert int(good.sum()) == 4
+    for other in (dask, remote):
+        assert torch.equal(other.flag, local.flag)
+        assert torch.equal(other.event_id, local.event_id)
+        np.testing.assert_allclose(other.log_p[good].numpy(), local.log_p[good].numpy(),
+                                   rtol=1e-12, atol=0)
+        np.testing.assert_allclose(other.log_p_err[good].numpy(), local.log_p_err[good].numpy(),
+                                   rtol=1e-12, atol=0)
+        assert torch.isneginf(other.log_p[~good]).all()
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
+        (["--theta", "m_z=91", "--workers", "2", "--scheduler", "tcp://x:1"], "not both"),
+        (["--theta", "m_z=91", "--workers", "0"], "must be >= 1"),
+        (["--theta", "m_z=91", "--chunk-size", "0"], "must be >= 1"),
         (["--theta", "m_z=90:92"], "NAME=START:STOP:NPOINTS"),
         (["--theta", "m_t=170:176:3"], "not a parameter of 'drell_yan'"),
         (["--theta", "m_z=91", "--tf", "magic"], "'exact' or 'learned'"),

@@ -63,6 +63,6 @@ def test_existing_scheduler_address(lik) -> None:
 
     local, _ = summed_log_likelihood(lik, chunk_size=5000)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                      dashboard_address=None) as cluster:
+                      dashboard_address=":0") as cluster:
         remote, _ = summed_log_likelihood(lik, chunk_size=5000, scheduler=cluster.scheduler_address)
     np.testing.assert_allclose(remote.numpy(), local.numpy(), rtol=1e-12, atol=0)

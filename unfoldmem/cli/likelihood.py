@@ -76,13 +76,21 @@ def likelihood(
     btag_rule: str = typer.Option("exact", "--btag-rule", help="exact or strict."),
     max_events: int = typer.Option(None, "--max-events", help="Only the first N events."),
     seed: int = typer.Option(1, "--seed"),
+    chunk_size: int = typer.Option(32, "--chunk-size",
+                                   help="Events per chunk (the unit of work on Dask)."),
+    workers: int = typer.Option(None, "--workers",
+                                help="Start a local Dask cluster of N worker processes."),
+    scheduler: str = typer.Option(None, "--scheduler",
+                                  help="Address of a running Dask scheduler (tcp://host:8786)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:
     """Per-event MEM log-likelihoods log P(x|θ) on a θ grid.
 
     Example: ``unfoldmem likelihood dy.root --process cards/processes/drell_yan.yaml
     --theta m_z=90:92:5 -o ll.root`` writes trees Theta and Likelihood (and Permutations with
-    ``--per-permutation``).
+    ``--per-permutation``). ``--workers N`` or ``--scheduler ADDRESS`` runs the chunks of
+    events on Dask; each chunk's random stream depends only on the seed and its first event,
+    so the output equals the single-process run.
     """
     import torch
 
@@ -95,6 +103,16 @@ def likelihood(
 
     if tf not in ("exact", "learned"):
         err = _bad("--tf", "tf", f"must be 'exact' or 'learned', got '{tf}'")
+        raise err
+    if workers is not None and scheduler is not None:
+        err = _bad("--workers", "workers", "give --workers (a local cluster) or --scheduler "
+                   "(an existing one), not both")
+        raise err
+    if chunk_size < 1:
+        err = _bad("--chunk-size", "chunk_size", f"must be >= 1, got {chunk_size}")
+        raise err
+    if workers is not None and workers < 1:
+        err = _bad("--workers", "workers", f"must be >= 1, got {workers}")
         raise err
     if btag_rule not in ("exact", "strict"):
         err = _bad("--btag-rule", "btag_rule",
@@ -145,13 +163,20 @@ def likelihood(
     if max_events is not None:
         events = events[:max_events]
     reco = RecoEvents.from_awkward(events)
-    cfg = MEMConfig(precision=precision, n_max=n_max, per_permutation=per_permutation, seed=seed)
+    cfg = MEMConfig(precision=precision, n_max=n_max, per_permutation=per_permutation, seed=seed,
+                    chunk_size=chunk_size)
     mem = MEMLikelihood(had, trans, detector=det, cinn=cinn, normalisation=norm, config=cfg)
     import numpy as np
 
-    res = mem.evaluate(reco, grid, event_id=torch.from_numpy(np.asarray(events.event_id)),
-                       weight=torch.from_numpy(np.asarray(events.weight, dtype=np.float64)),
-                       progress=not state.quiet)
+    eid = torch.from_numpy(np.asarray(events.event_id))
+    wgt = torch.from_numpy(np.asarray(events.weight, dtype=np.float64))
+    if workers is None and scheduler is None:
+        res = mem.evaluate(reco, grid, event_id=eid, weight=wgt, progress=not state.quiet)
+    else:
+        from unfoldmem.inference.scaleout import evaluate_mem
+
+        res = evaluate_mem(mem, reco, grid, event_id=eid, weight=wgt, scheduler=scheduler,
+                           workers=workers)
     _write(output, res, overwrite)
     counts = {FLAGS[int(f)]: int((res.flag == f).sum()) for f in res.flag.unique()}
     summary = {"events": len(reco), "grid_points": int(res.log_p.shape[1]),
