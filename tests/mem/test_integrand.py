@@ -112,7 +112,8 @@ def test_assignment_counts() -> None:
 def test_per_permutation_sum_equals_total() -> None:
     """Σ_assignments W_σ equals the total W used by the integrand to 1e-10 (issue 14), on a
     tt̄-like final state with the exact detector density (independent: direct product of
-    ParametricDetector.log_density over the matched objects of one chosen assignment)."""
+    ParametricDetector.log_density over the matched objects of one chosen assignment); W of
+    one drawn assignment per sample (``log_w_pick``) equals it and the table's entry."""
     det = ParametricDetector(DetectorCard())
     tr = ExactTransfer(det)
     fs = (5, -13, 14, -5, 1, -2)
@@ -148,6 +149,13 @@ def test_per_permutation_sum_equals_total() -> None:
     sig = torch.sqrt(10.0**2 + 0.5**2 * vis_pt)
     met = det.log_density_met(obj[0, 0], obj[0, 2], n_sum - reco_sum, sig)
     assert torch.allclose(lw[:, 0, k], hand + isr + met, atol=1e-9, rtol=0)
+    # One assignment per sample (what the sampler evaluates): the same W as the table.
+    pick = torch.full((7, 1), k, dtype=torch.long)
+    assert torch.allclose(tr.log_w_pick(partons, pdg, ev, prep, pick)[:, 0], hand + isr + met,
+                          atol=1e-9, rtol=0)
+    pick = torch.randint(0, 120, (7, 1), generator=g)
+    torch.testing.assert_close(tr.log_w_pick(partons, pdg, ev, prep, pick),
+                               torch.gather(lw, -1, pick[..., None])[..., 0], rtol=0, atol=1e-12)
 
 
 def test_flags_for_nan_and_missing_objects() -> None:

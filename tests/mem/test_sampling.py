@@ -46,6 +46,8 @@ def quadrature_log_integral(ev: RecoEvents, n_pt: int = 48) -> float:
     average; η: Gauss–Hermite (or piecewise Legendre at a region edge). Each muon's density is
     eff · N(p_T'; p_T, σ(p_T)) · N(η'; η, s_η), written here from the detector card, not via
     ParametricDetector.log_density; the MET and ISR factors come from the detector's methods.
+    The generator's m_ll window cuts each p_T integral at the window edges (a step: Gauss–
+    Legendre would converge slowly across it, which biased events with reco m_ll near 120 GeV).
     """
     had, det, integ = dy_setup()
     card = det.card.muons
@@ -68,12 +70,19 @@ def quadrature_log_integral(ev: RecoEvents, n_pt: int = 48) -> float:
     eb, wb = _eta_nodes(float(b[1]), s_eta, card.eta_edges[1:-1])
     sig0 = float(res(a[0], region(a[1:2]))[0])
     centre = 0.5 * float(a[0] + b[0])
-    lo, hi = centre - 10 * sig0, centre + 10 * sig0
     x, w = _GL[n_pt]
-    pt = 0.5 * (hi - lo) * x + 0.5 * (hi + lo)
-    wpt = 0.5 * (hi - lo) * w
-    pt_g, e1, e2 = torch.meshgrid(pt, ea, eb, indexing="ij")
-    w_g = wpt[:, None, None] * wa[None, :, None] * wb[None, None, :]
+    e1, e2 = torch.meshgrid(ea, eb, indexing="ij")
+    # The generator's m_ll window is a step in p_T at m_ll = p_T √(2(cosh Δη + 1)) (massless,
+    # back to back): Gauss–Legendre on each (η⁻, η⁺) pair's p_T range inside the window.
+    mp = had.process.shat_mapping(had.full_theta(), had.cuts)
+    c = torch.sqrt(2 * (torch.cosh(e1 - e2) + 1))
+    s_max = had.sqrt_s**2 if mp.s_max is None else float(mp.s_max)
+    lo = torch.clamp(math.sqrt(float(mp.s_min)) / c, min=centre - 10 * sig0)
+    hi = torch.clamp(math.sqrt(s_max) / c, max=centre + 10 * sig0)
+    span = (hi - lo).clamp(min=0.0)
+    pt_g = 0.5 * span[None] * x[:, None, None] + (lo + 0.5 * span)[None]
+    w_g = 0.5 * span[None] * w[:, None, None] * (wa[:, None] * wb[None, :])[None]
+    e1, e2 = e1.expand_as(pt_g), e2.expand_as(pt_g)
     phi1 = float(a[2])
     z = torch.stack([torch.stack([pt_g, e1, torch.full_like(pt_g, phi1)], -1),
                      torch.stack([pt_g, e2, torch.full_like(pt_g, phi1 - math.pi)], -1)], -2)

@@ -94,6 +94,24 @@ def test_resonance_map_density_is_its_jacobian() -> None:
     assert float(diffs_t.median()) < 0.05
 
 
+def test_joint_channel_density_sums_to_the_marginal() -> None:
+    """The physics channel's density of (z, σ) summed over the 24 assignments σ equals its
+    density of z (the all-assignment mixture, evaluated independently), and draws of (z, σ)
+    have σ distributed as π (uniform here: 24 × 4000 draws, 5σ binomial band)."""
+    _, det, integ = tt_setup()
+    ev = make_tt_events(2, seed=3)
+    prep = integ.prepare(ev)
+    ctx = SamplingContext(integ, ev, prep, torch.full((2,), 10.0, dtype=torch.float64))
+    ch = RecoChannel(det, scale=1.1, physics=True)
+    z, pick = ch.sample_joint(64, ctx, torch.Generator().manual_seed(4))
+    joint = torch.stack([ch.log_prob_joint(z, torch.full_like(pick, k), ctx) for k in range(24)])
+    torch.testing.assert_close(torch.logsumexp(joint, 0), ch.log_prob(z, ctx), rtol=0, atol=1e-9)
+    _, pick = ch.sample_joint(4000, ctx, torch.Generator().manual_seed(5))
+    counts = torch.stack([(pick == k).sum(0) for k in range(24)]).double()
+    band = 5 * math.sqrt(4000 * (1 / 24) * (23 / 24))
+    assert ((counts - 4000 / 24).abs() < band).all()
+
+
 def _bw_grid(m: float, g: float, lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
     """s nodes uniform in the Breit–Wigner angle (dense on the peak), (n, ...) GeV²."""
     t0, t1 = torch.atan((lo - m * m) / (m * g)), torch.atan((hi - m * m) / (m * g))

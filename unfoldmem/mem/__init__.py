@@ -8,7 +8,13 @@ from unfoldmem.mem.integrand import (
     RecoEvents,
     build_assignments,
 )
-from unfoldmem.mem.likelihood import MEMConfig, MEMLikelihood, MEMResult, theta_grid_points
+from unfoldmem.mem.likelihood import (
+    MEMConfig,
+    MEMLikelihood,
+    MEMResult,
+    chunk_generator,
+    theta_grid_points,
+)
 from unfoldmem.mem.normalisation import GridNormalisation, ReweightNormalisation
 from unfoldmem.mem.sampling import CINNChannel, RecoChannel, diagnose, importance_sample
 from unfoldmem.mem.vegas_baseline import vegas_log_integral
@@ -27,6 +33,7 @@ __all__ = [
     "RecoEvents",
     "ReweightNormalisation",
     "build_assignments",
+    "chunk_generator",
     "diagnose",
     "importance_sample",
     "theta_grid_points",

@@ -8,7 +8,9 @@ neutrino's η from the leptonic W mass, a visible recoil's measurement is combin
 partner's (Drell–Yan), and the assignment is drawn with adaptable probabilities
 (``prep["pick_logp"]``, see :func:`~unfoldmem.mem.sampling.importance_sample`). Every map is
 exact and its Jacobian is in :meth:`RecoChannel.log_prob`. :class:`CINNChannel` is the cINN
-posterior q(p | x) of A. Butter et al., SciPost Phys. 15 (2023) 094.
+posterior q(p | x) of A. Butter et al., SciPost Phys. 15 (2023) 094. Both give the density of
+z alone (summed over assignments) and of the pair (z, assignment) that the sampler draws
+(:mod:`unfoldmem.mem.context`).
 
 References:
     | S. Brochet et al., MoMEMta, Eur. Phys. J. C 79 (2019) 126, arXiv:1805.08555
@@ -18,48 +20,30 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from unfoldmem.mem.integrand import MEMIntegrand, RecoEvents, build_assignments
+from unfoldmem.mem.context import (
+    Channel,
+    SamplingContext,
+    draw_assignments,
+    gather_pick,
+    pick_log_prob,
+)
+from unfoldmem.mem.integrand import MEMIntegrand, build_assignments
 from unfoldmem.mem.resonances import HadronicChain, LeptonicTop, NeutrinoBlock, find_blocks
 from unfoldmem.physics import lorentz
 from unfoldmem.simulate.detector import ParametricDetector
 
-__all__ = ["CINNChannel", "Channel", "RecoChannel", "SamplingContext"]
+__all__ = ["CINNChannel", "Channel", "RecoChannel", "SamplingContext", "draw_assignments",
+           "pick_log_prob"]
 
 _TWO_PI = 2 * math.pi
 _COMBINE_SCALE = 1.2  # width of the combined jet-energy law over its Gaussian estimate
 _Blocks = tuple[list[HadronicChain], NeutrinoBlock | None, LeptonicTop | None]
-
-
-@dataclass
-class SamplingContext:
-    """What a channel sees of a batch of B events."""
-
-    integrand: MEMIntegrand
-    events: RecoEvents
-    prep: Mapping[str, Tensor]
-    kernel_sigma: Tensor  # (B,) GeV
-
-    def subset(self, rows: Tensor) -> SamplingContext:
-        """The context of the events ``rows`` (bool (B,) or indices)."""
-        prep = {k: v[rows] for k, v in self.prep.items()}
-        return SamplingContext(self.integrand, self.events[rows], prep, self.kernel_sigma[rows])
-
-
-class Channel(Protocol):
-    """An importance-sampling channel over z = (pt, eta, phi) of the n outgoing partons."""
-
-    def sample(self, n: int, ctx: SamplingContext, generator: torch.Generator) -> Tensor:
-        """(n, B, n_partons, 3) samples."""
-
-    def log_prob(self, z: Tensor, ctx: SamplingContext) -> Tensor:
-        """(S, B) log density per unit (pt, eta, phi) of every parton."""
 
 
 def _log_normal(x: Tensor, mu: Tensor, s: Tensor) -> Tensor:
@@ -73,13 +57,6 @@ def _log_wrapped_normal(x: Tensor, mu: Tensor, s: Tensor) -> Tensor:
     far = torch.logaddexp(_log_normal(d - _TWO_PI, torch.zeros(()), s),
                           _log_normal(d + _TWO_PI, torch.zeros(()), s))
     return torch.where(s < 0.25, near, torch.logaddexp(near, far))
-
-
-def _gather_pick(t: Tensor, pick: Tensor) -> Tensor:
-    """t (B, P, n, 3), pick (S, B) → (S, B, n, 3)."""
-    s, b = pick.shape
-    return torch.gather(t[None].expand(s, *t.shape), 2,
-                        pick[..., None, None, None].expand(s, b, 1, *t.shape[2:]))[:, :, 0]
 
 
 class RecoChannel:
@@ -109,6 +86,14 @@ class RecoChannel:
         self.detector, self.scale, self.offset = detector, scale, offset
         self.physics = physics
         self._blocks: dict[int, _Blocks] = {}
+        # The leptonic-top roots of the last z this channel produced: they depend only on
+        # coordinates that transform leaves untouched after finding them, and log_prob at
+        # the same z (identity) needs them again.
+        self._roots_of: tuple[Tensor, tuple[Tensor, Tensor, Tensor]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The roots cache holds the last batch of samples: not worth shipping to Dask workers.
+        return {**self.__dict__, "_roots_of": None}
 
     def blocks(self, integrand: MEMIntegrand) -> _Blocks:
         """The resonance blocks used for ``integrand`` (none unless ``physics``)."""
@@ -193,22 +178,21 @@ class RecoChannel:
         rel = (q["sigma"] / q["x"]).clamp(min=1e-3, max=1.0)
         return k * torch.stack([rel, q["s_eta"].clamp(min=1e-4), q["s_phi"].clamp(min=1e-4)], -1)
 
-    def _pick_logp(self, ctx: SamplingContext) -> Tensor:
-        """(B, P) log probability of each assignment."""
-        valid = ctx.prep["valid"]
-        if "pick_logp" in ctx.prep:
-            return torch.where(valid, ctx.prep["pick_logp"], -math.inf)
-        lv = -torch.log(valid.sum(-1, keepdim=True).clamp(min=1).double())
-        return torch.where(valid, lv, -math.inf)
+    @staticmethod
+    def _pick_logp(ctx: SamplingContext) -> Tensor:
+        return pick_log_prob(ctx)
 
     def sample(self, n: int, ctx: SamplingContext, generator: torch.Generator) -> Tensor:
         """(n, B, n_partons, 3) samples (pt, eta, phi)."""
-        lp = self._pick_logp(ctx)
-        probs = torch.exp(lp) + 1e-300 * torch.isneginf(lp).all(-1, keepdim=True).double()
-        pick = torch.multinomial(probs, n, replacement=True, generator=generator).T  # (n, B)
+        return self.sample_joint(n, ctx, generator)[0]
+
+    def sample_joint(self, n: int, ctx: SamplingContext,
+                     generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(n, B, n_partons, 3) samples and the (n, B) assignments they were drawn around."""
+        pick = draw_assignments(n, ctx, generator)
         u = torch.rand(n, len(ctx.events), ctx.integrand.n, 3, generator=generator,
                        dtype=torch.float64)
-        return self.transform(u, ctx, pick)
+        return self.transform(u, ctx, pick), pick
 
     def transform(self, u: Tensor, ctx: SamplingContext, pick: Tensor) -> Tensor:
         r"""Map uniforms u (S, B, n, 3) ∈ (0,1) to z for assignments ``pick`` (S, B).
@@ -220,7 +204,7 @@ class RecoChannel:
         one): the VEGAS baseline integrates in these u.
         """
         centre, width, _ = self._centres(ctx)
-        c, w = _gather_pick(centre, pick), _gather_pick(width, pick)
+        c, w = gather_pick(centre, pick), gather_pick(width, pick)
         uc = u.clamp(1e-15, 1 - 1e-15)
         eps = torch.special.ndtri(uc)
         finite_w = torch.where(torch.isinf(w), 1.0, w)
@@ -235,7 +219,8 @@ class RecoChannel:
             z[..., chain.a, 0] = torch.exp(mean + _COMBINE_SCALE * sd * eps[..., chain.a, 0])
             z = chain.transform(z, uc)
         if ltop is not None:
-            xs, gs, ok = ltop.roots(z, self._others_sum(z, integ, ltop.b))
+            roots = ltop.roots(z, self._others_sum(z, integ, ltop.b))
+            xs, gs, ok = roots
             x = ltop.sample_x(uc[..., ltop.b, 0], c[..., ltop.b, 0], finite_w[..., ltop.b, 0],
                               xs, gs, ok)
             z = z.clone()
@@ -251,12 +236,14 @@ class RecoChannel:
         z[..., r, 2] = torch.atan2(a[..., 1], a[..., 0])
         if nu is not None:
             z[..., r, 1] = nu.eta(z, bal, uc[..., r, 1], p_plus)
+        self._roots_of = (z, roots) if ltop is not None else None
         return z
 
     @staticmethod
     def _chain_law(chain: HadronicChain, z: Tensor, c: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
         """Law of log p_T,a of a chain: z (S, B, n, 3) angles; c, w centres/widths broadcasting
-        to (..., n, 3) per assignment (picked: (S, B, n, 3); all: (1, B, P, n, 3))."""
+        to (..., n, 3) per assignment (picked: (S, B, n, 3); per assignment: (1 or S, B, P,
+        n, 3))."""
         g = chain.gs(z)
         if c.dim() == 5:
             g = tuple(x[..., None] for x in g)
@@ -281,22 +268,35 @@ class RecoChannel:
         return -torch.stack([(pt * torch.cos(phi)).sum(-1), (pt * torch.sin(phi)).sum(-1)], -1)
 
     def log_prob(self, z: Tensor, ctx: SamplingContext) -> Tensor:
-        """(S, B) log density of the channel at z (S, B, n, 3)."""
-        lp, rest = self._log_terms(z, ctx)
+        """(S, B) log density of the channel at z (S, B, n, 3), summed over assignments."""
+        centre, width, _ = self._centres(ctx)
+        lp, rest = self._log_terms(z, ctx, centre[None], width[None])
         out = torch.logsumexp(lp + self._pick_logp(ctx)[None], -1) + rest
         return torch.where(torch.isnan(out), -math.inf, out)
 
     def log_prob_assignment(self, z: Tensor, ctx: SamplingContext, pick: Tensor) -> Tensor:
-        """(S, B) log density of z given the assignment ``pick`` (S, B) (VEGAS baseline)."""
-        lp, rest = self._log_terms(z, ctx)
-        out = torch.gather(lp, -1, pick[..., None])[..., 0] + rest
+        """(S, B) log density of z given the assignment ``pick`` (S, B): only the picked
+        assignment's Gaussians are evaluated."""
+        centre, width, _ = self._centres(ctx)
+        c, w = gather_pick(centre, pick)[:, :, None], gather_pick(width, pick)[:, :, None]
+        lp, rest = self._log_terms(z, ctx, c, w)
+        out = lp[..., 0] + rest
         return torch.where(torch.isnan(out), -math.inf, out)
 
-    def _log_terms(self, z: Tensor, ctx: SamplingContext) -> tuple[Tensor, Tensor]:
-        """Per-assignment part (S, B, P) and assignment-free part (S, B) of log q(z)."""
+    def log_prob_joint(self, z: Tensor, pick: Tensor, ctx: SamplingContext) -> Tensor:
+        """(S, B) log density of (z, pick): log π(pick) + log q(z | pick)."""
+        lpi = torch.gather(self._pick_logp(ctx)[None].expand(len(pick), -1, -1), -1,
+                           pick[..., None])[..., 0]
+        return lpi + self.log_prob_assignment(z, ctx, pick)
+
+    def _log_terms(self, z: Tensor, ctx: SamplingContext, centre: Tensor,
+                   width: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-assignment part (S, B, P') and assignment-free part (S, B) of log q(z).
+
+        centre, width: (1 or S, B, P', n, 3), the Gaussians of P' assignments (all of them,
+        or the picked one per sample)."""
         integ = ctx.integrand
         r = integ.recoil
-        centre, width, _ = self._centres(ctx)
         tf_pt, others, recoil_eta = self._masks(integ)
         zz = z[:, :, None]  # (S, B, 1, n, 3)
         lpt = torch.log(zz[..., 0])
@@ -309,7 +309,10 @@ class RecoChannel:
         chains, nu, ltop = self.blocks(integ)
         p_plus: Tensor | float = 0.5
         if ltop is not None:
-            xs, gs, ok = ltop.roots(z, self._others_sum(z, integ, ltop.b))
+            if self._roots_of is not None and self._roots_of[0] is z:
+                xs, gs, ok = self._roots_of[1]
+            else:
+                xs, gs, ok = ltop.roots(z, self._others_sum(z, integ, ltop.b))
             p_plus = ltop.p_plus(lpt[..., 0, ltop.b], xs, gs, ok)
             part, lw_g = ltop.log_cauchy_part(lpt[..., 0, ltop.b], xs, gs, ok)
             # Per unit p_T: the log-p_T densities carry the 1/p_T Jacobian.
@@ -318,7 +321,7 @@ class RecoChannel:
             l_pt = l_pt.clone()
             l_pt[..., ltop.b] = lb
         for chain in chains:
-            mean, sd = self._chain_law(chain, z, centre[None], ww[None])
+            mean, sd = self._chain_law(chain, z, centre, ww)
             la = lpt[..., chain.a]
             l_pt = l_pt.clone()
             l_pt[..., chain.a] = _log_normal(la, mean, _COMBINE_SCALE * sd) - la
@@ -362,6 +365,18 @@ class CINNChannel:
             torch.manual_seed(seed)
             v = self.model.sample_partons(n, ctx.events.objects, ctx.events.mask)
         return v[..., self._idx(ctx.integrand.n), :3].to(torch.float64)
+
+    def sample_joint(self, n: int, ctx: SamplingContext,
+                     generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """z from the cINN and, independently, an assignment from :func:`pick_log_prob`."""
+        z = self.sample(n, ctx, generator)
+        return z, draw_assignments(n, ctx, generator)
+
+    def log_prob_joint(self, z: Tensor, pick: Tensor, ctx: SamplingContext) -> Tensor:
+        """(S, B) log q(z | x) + log π(pick)."""
+        lpi = torch.gather(pick_log_prob(ctx)[None].expand(len(pick), -1, -1), -1,
+                           pick[..., None])[..., 0]
+        return self.log_prob(z, ctx) + lpi
 
     def log_prob(self, z: Tensor, ctx: SamplingContext) -> Tensor:
         """(S, B) log q(z | x) per unit (pt, eta, phi)."""

@@ -16,19 +16,8 @@ normalised kernel :math:`h(\vec a \mid -\sum_{i\ne r}\vec p_{T,i})` (isotropic G
 integral over all 3n variables equals the MEM integral for any width; it lets a proposal that
 models all n partons (the cINN) serve as an importance-sampling density.
 
-Transfer function W: :class:`ExactTransfer` (the parametric detector's exact density: matched
-objects, ISR jets for unmatched reco jets with their multiplicity law and b-tag, and the MET) or
-:class:`LearnedTransfer` (the transfer flow of the event's jet multiplicity times the
-reconstruction efficiency ε(p)).
-
-Assignments (exact W): every lepton parton goes to the reco lepton of the same flavour and
-charge; every quark/gluon parton to a distinct reco jet; reco jets left over are ISR. With
-``btag_rule="exact"`` all :math:`k!/(k-n_j)!` injective maps of the :math:`n_j` jet partons into
-the k reco jets are summed, each weighted by the exact b-tag probabilities (which the learned
-flows also model); ``"strict"`` keeps only maps sending b partons to tagged and other partons to
-untagged jets (MadWeight/MoMEMta practice). Lost partons are not modelled: an event with fewer
-reco objects than partons has no valid assignment and is flagged. The learned W has no explicit
-assignment (the flow models the ordered reco event): one "permutation".
+Transfer functions W: :mod:`unfoldmem.mem.transfer`; assignments and the padded reco layout:
+:mod:`unfoldmem.mem.assignments` (both re-exported here).
 
 References:
     | A. Butter et al., "Two invertible networks for the matrix element method",
@@ -39,15 +28,15 @@ References:
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from unfoldmem.mem.assignments import Assignments, RecoEvents, build_assignments
+from unfoldmem.mem.transfer import ExactTransfer, LearnedTransfer
 from unfoldmem.physics import lorentz
 from unfoldmem.physics.couplings import GEV2_TO_PB
 from unfoldmem.simulate.detector import (
@@ -55,7 +44,6 @@ from unfoldmem.simulate.detector import (
     KIND_INVISIBLE,
     KIND_JET,
     KIND_MUON,
-    ParametricDetector,
     object_kind,
 )
 
@@ -85,253 +73,7 @@ FLAGS = {
     FLAG_MULTIPLICITY: "jet multiplicity outside the learned transfer flows' classes",
 }
 
-# Reco type codes of flows.encoding.pad_reco.
-_MET, _MUON, _ELECTRON, _JET = 0, 1, 2, 3
-_KIND_TO_TYPE = {KIND_MUON: _MUON, KIND_ELECTRON: _ELECTRON, KIND_JET: _JET}
 _LOG_2PI = math.log(2 * math.pi)
-
-
-@dataclass
-class RecoEvents:
-    """Detector events in the padded layout of :func:`unfoldmem.flows.encoding.pad_reco`.
-
-    Arguments:
-        objects: (B, slots, 7) float64 (pt GeV, eta, phi, mass GeV, btag, charge, type code);
-            slot 0 is the MET.
-        mask: (B, slots) bool, True for real objects.
-    """
-
-    objects: Tensor
-    mask: Tensor
-
-    def __len__(self) -> int:
-        return int(self.objects.shape[0])
-
-    def __getitem__(self, index: Any) -> RecoEvents:
-        return RecoEvents(self.objects[index], self.mask[index])
-
-    @classmethod
-    def from_awkward(cls, events: Any, max_jets: int = 8, max_leptons: int = 2) -> RecoEvents:
-        """From detector records (``jets``, ``muons``, ``electrons``, ``met``; see io)."""
-        from unfoldmem.flows.encoding import pad_reco
-
-        objects, mask = pad_reco(events, max_jets=max_jets, max_leptons=max_leptons)
-        return cls(objects.to(torch.float64), mask)
-
-    def finite(self) -> Tensor:
-        """(B,) True where every real object's values are finite."""
-        ok = torch.isfinite(self.objects).all(-1) | ~self.mask
-        return ok.all(-1)
-
-
-@dataclass
-class Assignments:
-    """Allowed parton → reco-slot maps of a batch, padded to P per event.
-
-    Arguments:
-        index: (B, P, n) long, reco slot of parton i, −1 for invisible partons.
-        valid: (B, P) bool, False for padding.
-        n_valid: (B,) number of valid maps (0: no valid assignment).
-    """
-
-    index: Tensor
-    valid: Tensor
-    n_valid: Tensor
-
-
-def build_assignments(events: RecoEvents, final_state: Sequence[int],
-                      btag_rule: str = "exact") -> Assignments:
-    """All parton → object maps allowed by flavour, charge and (``strict``) b-tags; see module doc.
-
-    Arguments:
-        events: B reco events. final_state: outgoing PDG ids in the process order.
-        btag_rule: ``"exact"`` (all injective jet maps) or ``"strict"`` (b ↔ tagged only).
-
-    Returns:
-        :class:`Assignments`; the number of maps of an event with k jets and n_j jet partons
-        is k!/(k−n_j)! (``exact``), times the ways of pairing identical leptons.
-    """
-    if btag_rule not in ("exact", "strict"):
-        msg = f"btag_rule must be 'exact' or 'strict', got {btag_rule!r}"
-        raise ValueError(msg)
-    pdg = torch.as_tensor(final_state)
-    kinds = object_kind(pdg).tolist()
-    per_event: list[list[list[int]]] = []
-    obj, msk = events.objects, events.mask
-    for b in range(len(events)):
-        types, charges, tags = obj[b, :, 6], obj[b, :, 5], obj[b, :, 4]
-        slots_of: dict[tuple[int, float], list[int]] = {}
-        for s in msk[b].nonzero()[:, 0].tolist():
-            t = int(types[s])
-            if t in (_MUON, _ELECTRON):
-                slots_of.setdefault((t, float(charges[s])), []).append(s)
-        jets = [s for s in msk[b].nonzero()[:, 0].tolist() if int(types[s]) == _JET]
-        # Leptons: flavour and charge must match, and no reco lepton may be left over.
-        lep_choices: list[list[tuple[int, int]]] = []
-        used_keys: dict[tuple[int, float], list[int]] = {}
-        for i, (k, q) in enumerate(zip(kinds, pdg.tolist(), strict=True)):
-            if k in (KIND_MUON, KIND_ELECTRON):
-                used_keys.setdefault((_KIND_TO_TYPE[k], float(-math.copysign(1, q))), []).append(i)
-        ok = set(used_keys) == set(slots_of) and all(
-            len(slots_of[key]) == len(v) for key, v in used_keys.items())
-        maps: list[list[int]] = []
-        if ok:
-            for key, partons in used_keys.items():
-                lep_choices.append([tuple(zip(partons, perm, strict=True))
-                                    for perm in itertools.permutations(slots_of[key])])
-            jet_partons = [i for i, k in enumerate(kinds) if k == KIND_JET]
-            for lep in itertools.product(*lep_choices) if lep_choices else [()]:
-                for jp in itertools.permutations(jets, len(jet_partons)):
-                    if btag_rule == "strict" and any(
-                            (abs(int(pdg[i])) == 5) != (float(tags[s]) > 0.5)
-                            for i, s in zip(jet_partons, jp, strict=True)):
-                        continue
-                    m = [-1] * len(kinds)
-                    for pairs in lep:
-                        for i, s in pairs:
-                            m[i] = s
-                    for i, s in zip(jet_partons, jp, strict=True):
-                        m[i] = s
-                    maps.append(m)
-        per_event.append(maps)
-    p_max = max(1, *(len(m) for m in per_event)) if per_event else 1
-    n = len(kinds)
-    index = torch.full((len(events), p_max, n), -1, dtype=torch.long)
-    valid = torch.zeros(len(events), p_max, dtype=torch.bool)
-    for b, maps in enumerate(per_event):
-        if maps:
-            index[b, : len(maps)] = torch.tensor(maps, dtype=torch.long)
-            valid[b, : len(maps)] = True
-    return Assignments(index, valid, valid.sum(-1))
-
-
-class ExactTransfer:
-    """W(x|p) of the parametric detector, per assignment (the oracle).
-
-    Arguments:
-        detector: the :class:`~unfoldmem.simulate.detector.ParametricDetector`.
-        btag_rule: see :func:`build_assignments`.
-    """
-
-    kind = "exact"
-
-    def __init__(self, detector: ParametricDetector, btag_rule: str = "exact") -> None:
-        self.detector = detector
-        self.btag_rule = btag_rule
-        bt = detector.card.btag
-        self._tag_edges = torch.tensor(bt.eta_edges[1:-1], dtype=torch.float64)
-        self._mistag = torch.tensor(bt.mistag_light, dtype=torch.float64)
-
-    def prepare(self, events: RecoEvents, final_state: Sequence[int]) -> dict[str, Tensor]:
-        """Per-event, θ- and sample-independent pieces: assignments and the ISR terms."""
-        asg = build_assignments(events, final_state, self.btag_rule)
-        obj, msk = events.objects, events.mask
-        is_jet = msk & (obj[..., 6] == _JET)
-        b, p, _ = asg.index.shape
-        matched = torch.zeros(b, p, obj.shape[1], dtype=torch.bool)
-        matched.scatter_(-1, asg.index.clamp(min=0), asg.index >= 0)
-        matched[..., 0] = False  # index -1 was clamped onto slot 0 (the MET)
-        fin = torch.where(msk[..., None], obj, 1.0)
-        isr = self.detector.log_density_isr(fin[..., :3])
-        p_tag = self._mistag[torch.bucketize(fin[..., 1].abs(), self._tag_edges)]
-        isr = isr + torch.where(fin[..., 4] > 0.5, torch.log(p_tag), torch.log1p(-p_tag))
-        unmatched = is_jet[:, None, :] & ~matched
-        n_isr = unmatched.sum(-1)
-        isr_term = (torch.where(unmatched, isr[:, None, :], 0.0).sum(-1)
-                    + self.detector.log_prob_n_isr(n_isr) + torch.lgamma(n_isr + 1.0))
-        isr_term = torch.where(asg.valid, isr_term, -math.inf)
-        met_pt, met_phi = obj[:, 0, 0], obj[:, 0, 2]
-        reco_px = torch.where(matched, fin[:, None, :, 0] * torch.cos(fin[:, None, :, 2]), 0.0)
-        reco_py = torch.where(matched, fin[:, None, :, 0] * torch.sin(fin[:, None, :, 2]), 0.0)
-        return {"index": asg.index, "valid": asg.valid, "n_valid": asg.n_valid,
-                "isr_term": isr_term, "reco_pt_sum": torch.stack([reco_px.sum(-1),
-                                                                  reco_py.sum(-1)], -1),
-                "met_pt": met_pt, "met_phi": met_phi}
-
-    def log_w(self, partons: Tensor, pdg: Tensor, events: RecoEvents,
-              prep: Mapping[str, Tensor]) -> Tensor:
-        r"""log W(x|p) per assignment.
-
-        Arguments:
-            partons: (S, B, n, 4) lab-frame (E, px, py, pz) GeV. pdg: (n,) PDG ids.
-            events: the B reco events. prep: :meth:`prepare` output.
-
-        Returns:
-            (S, B, P) float64, −inf for padded assignments; never NaN.
-        """
-        obj = torch.where(events.mask[..., None], events.objects, 1.0)
-        idx = prep["index"]  # (B, P, n)
-        b, p, n = idx.shape
-        if p <= obj.shape[1]:
-            # Few assignments: evaluate only the (parton, object) pairs they use.
-            g = torch.gather(obj[:, None].expand(b, p, *obj.shape[1:]), 2,
-                             idx.clamp(min=0)[..., None].expand(b, p, n, 7))
-            gathered = self.detector.log_density(g[None, ..., :3], partons[:, :, None], pdg,
-                                                 g[None, ..., 4])  # (S, B, P, n)
-        else:
-            lp = self.detector.log_density(obj[None, :, None, :, :3], partons[:, :, :, None, :],
-                                           pdg[:, None], obj[None, :, None, :, 4])  # (S,B,n,slots)
-            s = lp.shape[0]
-            gathered = torch.gather(lp[:, :, None].expand(s, b, p, n, lp.shape[-1]), -1,
-                                    idx.clamp(min=0)[None, ..., None].expand(s, b, p, n, 1))[..., 0]
-        matched = torch.where(idx[None] >= 0, gathered, 0.0).sum(-1)
-        # MET: neutrinos + (parton − reco) of every matched object; sigma from visible partons.
-        kind = object_kind(pdg)
-        vis = (kind == KIND_JET) | (kind == KIND_MUON) | (kind == KIND_ELECTRON)
-        parton_pt_sum = partons[..., 1:3].sum(-2)  # (S, B, 2)
-        mean = parton_pt_sum[:, :, None, :] - prep["reco_pt_sum"][None]
-        card = self.detector.card.met
-        sum_pt = torch.where(vis, lorentz.pt(partons), 0.0).sum(-1)
-        sigma = torch.sqrt(card.noise**2 + card.noise_sumet**2 * sum_pt).clamp(min=1e-9)
-        met = self.detector.log_density_met(prep["met_pt"][None, :, None],
-                                            prep["met_phi"][None, :, None], mean, sigma[..., None])
-        out = matched + prep["isr_term"][None] + met
-        return torch.where(torch.isnan(out), -math.inf, out)
-
-
-class LearnedTransfer:
-    r"""W(x|p) from a :class:`~unfoldmem.flows.transfer.TransferFlow`, times ε(p).
-
-    The flow is normalised over the selected reco space, so the MEM needs the reconstruction
-    efficiency separately: :math:`\varepsilon(p) = \prod_{\rm visible}(1 - P_{\rm lost}(p_i))`
-    from the detector card when one is given (the same no-lost-parton model as the exact W),
-    else 1.
-
-    Arguments:
-        model: the trained transfer flow (its parton layout must be the process final state).
-        detector: detector for ε(p), or None.
-    """
-
-    kind = "learned"
-
-    def __init__(self, model: Any, detector: ParametricDetector | None = None) -> None:
-        self.model = model
-        self.detector = detector
-
-    def prepare(self, events: RecoEvents, final_state: Sequence[int]) -> dict[str, Tensor]:
-        """One "assignment" per event; valid where the jet multiplicity is in a flow class."""
-        from unfoldmem.flows.transfer import jet_count
-
-        cls = self.model.class_of(jet_count(events.objects, events.mask))
-        valid = (cls >= 0)[:, None]
-        return {"valid": valid, "n_valid": valid.sum(-1), "in_class": cls >= 0}
-
-    def log_w(self, partons: Tensor, pdg: Tensor, events: RecoEvents,
-              prep: Mapping[str, Tensor]) -> Tensor:
-        """(S, B, 1) log W_learned + log ε; partons (S, B, n, 4) lab (E, px, py, pz) GeV."""
-        s, b, n, _ = partons.shape
-        v = lorentz.to_ptetaphim(partons).reshape(s * b, n, 4)
-        obj = events.objects.expand(s, *events.objects.shape).reshape(s * b, -1, 7)
-        msk = events.mask.expand(s, *events.mask.shape).reshape(s * b, -1)
-        with torch.no_grad():
-            lw = self.model(v).log_prob(obj, msk).double().view(s, b)
-        if self.detector is not None:
-            lost = self.detector.log_prob_lost(partons, pdg)
-            kind = object_kind(pdg)
-            vis = (kind == KIND_JET) | (kind == KIND_MUON) | (kind == KIND_ELECTRON)
-            lw = lw + torch.where(vis, torch.log(-torch.expm1(lost)), 0.0).sum(-1)
-        lw = torch.where(prep["in_class"][None], lw, -math.inf)
-        return torch.where(torch.isnan(lw), -math.inf, lw)[..., None]
 
 
 def _final_masses(hadronic: Any) -> Tensor:
@@ -423,13 +165,20 @@ class MEMIntegrand:
         return p, x1, x2, torch.where(torch.isnan(out), -math.inf, out)
 
     def log_rest(self, z: Tensor, events: RecoEvents, prep: Mapping[str, Tensor],
-                 kernel_sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                 kernel_sigma: Tensor, pick: Tensor | None = None,
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         r"""θ-independent part R per assignment, and what :meth:`log_theta` needs.
 
+        Arguments:
+            pick: (S, B) one assignment per sample, or None for all of them.
+
         Returns:
-            R (S, B, P), p_out (S, B, n, 4), x1 (S, B), x2 (S, B).
+            R (S, B, P) (or (S, B) at ``pick``), p_out (S, B, n, 4), x1 (S, B), x2 (S, B).
         """
         p, x1, x2, ljh = self.momenta(z, kernel_sigma)
+        if pick is not None:
+            out = ljh + self.transfer.log_w_pick(p, self.pdg, events, prep, pick)
+            return torch.where(torch.isnan(out), -math.inf, out), p, x1, x2
         lw = self.transfer.log_w(p, self.pdg, events, prep)
         out = ljh[..., None] + lw
         return torch.where(torch.isnan(out), -math.inf, out), p, x1, x2

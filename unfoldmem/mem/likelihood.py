@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -44,7 +45,7 @@ from unfoldmem.mem.sampling import (
 )
 from unfoldmem.weights import WeightDiagnosticsConfig
 
-__all__ = ["MEMConfig", "MEMLikelihood", "MEMResult", "theta_grid_points"]
+__all__ = ["MEMConfig", "MEMLikelihood", "MEMResult", "chunk_generator", "theta_grid_points"]
 
 
 @dataclass
@@ -75,12 +76,20 @@ class MEMConfig:
     cinn_fraction: float = 0.8
     reco_scale: float = 1.5
     physics_channel: bool = True
-    physics_scale: float = 1.25
+    physics_scale: float = 1.1
     defensive_fraction: float = 0.1
     kernel_sigma: float | None = None
     per_permutation: bool = False
     seed: int = 1
     diagnostics: WeightDiagnosticsConfig = field(default_factory=WeightDiagnosticsConfig)
+
+
+def chunk_generator(seed: int, first_event: int) -> torch.Generator:
+    """The random stream of the chunk whose first event has global index ``first_event``:
+    a generator seeded from the pair (``seed``, ``first_event``) through numpy's
+    ``SeedSequence`` (well-mixed, distinct streams for distinct pairs)."""
+    state = np.random.SeedSequence([int(seed), int(first_event)]).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0]))
 
 
 def theta_grid_points(grid: Mapping[str, Tensor | Sequence[float]]) -> tuple[dict[str, Tensor],
@@ -202,13 +211,20 @@ class MEMLikelihood:
 
     def evaluate(self, events: RecoEvents, grid: Mapping[str, Tensor | Sequence[float]],
                  event_id: Tensor | None = None, weight: Tensor | None = None,
-                 progress: bool = True) -> MEMResult:
+                 progress: bool = True, first_index: int = 0) -> MEMResult:
         """log P(x_i | θ_k) for every event and grid point.
+
+        Each chunk of ``config.chunk_size`` events draws from its own generator,
+        :func:`chunk_generator` (``config.seed``, index of its first event), so a chunk's
+        result depends only on the seed and its own events: evaluating the events in pieces
+        whose sizes are multiples of ``chunk_size`` (e.g. on Dask workers, passing each
+        piece's ``first_index``) gives the same numbers as one call.
 
         Arguments:
             events: N reco events. grid: parameter → values (Cartesian product, K points).
             event_id, weight: (N,) ids and event weights (default arange and 1).
             progress: show a progress bar over chunks.
+            first_index: index of ``events[0]`` in the full sample (seeds the chunks).
 
         Returns:
             :class:`MEMResult` (log P already divided by σ_fid(θ_k)).
@@ -220,13 +236,13 @@ class MEMLikelihood:
         cols, points = theta_grid_points(grid)
         n, k = len(events), len(points)
         cfg = self.config
-        gen = torch.Generator().manual_seed(cfg.seed)
         results: list[ISResult] = []
         t0 = time.perf_counter()
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("MEM integrals", total=n)
             for start in range(0, n, cfg.chunk_size):
                 ev = events[start : start + cfg.chunk_size]
+                gen = chunk_generator(cfg.seed, first_index + start)
                 sig = self.kernel_sigma(ev, gen)
                 results.append(importance_sample(
                     self.integrand, ev, points, self.channels, self.alphas,
@@ -259,7 +275,8 @@ class MEMLikelihood:
                        seed: int | None = None) -> Callable[[Mapping[str, Any]], Tensor]:
         r"""A differentiable θ → (B,) log P(x_i|θ) on fixed samples (for fits and gradients).
 
-        Samples are drawn once per event from the channel mixture (:math:`n_c = \alpha_c n`);
+        Samples (z and the assignment) are drawn once per event from the channel mixture
+        (:math:`n_c = \alpha_c n`);
         the θ-free part of the integrand is stored, and each call re-evaluates only
         :math:`\sum_c f f |M_c(\theta)|^2`, so ``torch.autograd`` gives d log P/dθ through |M|²
         (and through σ_fid when the normalisation is differentiable). Flagged events give −inf.
@@ -274,11 +291,11 @@ class MEMLikelihood:
         store = []
         for ch, a in zip(self.channels, alphas, strict=True):
             m = max(1, round(float(a) * n_samples))
-            z = ch.sample(m, ctx, gen)
-            lq = torch.logsumexp(torch.stack([c.log_prob(z, ctx) + math.log(float(w))
+            z, pick = ch.sample_joint(m, ctx, gen)
+            lq = torch.logsumexp(torch.stack([c.log_prob_joint(z, pick, ctx) + math.log(float(w))
                                               for c, w in zip(self.channels, alphas, strict=True)]), 0)
-            rest, p, x1, x2 = integ.log_rest(z, events, prep, sig)
-            store.append((torch.logsumexp(rest, -1) - lq, p, x1, x2))
+            rest, p, x1, x2 = integ.log_rest(z, events, prep, sig, pick)
+            store.append((rest - lq, p, x1, x2))
         base = torch.cat([s[0] for s in store])
         p = torch.cat([s[1] for s in store])
         x1 = torch.cat([s[2] for s in store])

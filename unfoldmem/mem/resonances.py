@@ -39,6 +39,9 @@ from unfoldmem.physics.couplings import EW_DEFAULTS
 __all__ = ["HadronicChain", "LeptonicTop", "NeutrinoBlock", "bw_log_density", "bw_sample", "find_blocks",
            "pair_g"]
 
+#: Least probability of either ν branch in the leptonic-top block (the wrong branch leaves the
+#: top off shell, so a low floor saves samples; > 0 keeps both branches' densities exact).
+P_PLUS_FLOOR = 0.02
 _W_WINDOW = 40.0  # W virtualities sampled within m_W ± 40 Γ_W (the rest: defensive channel)
 
 
@@ -171,7 +174,7 @@ class NeutrinoBlock:
     nu: int
     m_w: float
     g_w: float
-    eps: float = 0.1
+    eps: float = 0.03
     width: float = 2.0
 
     def _kin(self, z: Tensor, bal: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
@@ -234,45 +237,59 @@ class LeptonicTop:
     g_w: float
     m_t: float
     g_t: float
-    eps: float = 0.2
+    eps: float = 0.05
 
-    def _s_top(self, x: Tensor, z: Tensor, v: Tensor, sign: float) -> Tensor:
-        pt_b = torch.exp(x)
+    def _s_top_fn(self, z: Tensor, v: Tensor) -> Any:
+        """x = log p_T,b ↦ s_top = m²(b ℓ ν) for both Δη branches of ν; x broadcasts as
+        (..., 2, S, B) against the branch signs (+, −) and z (S, B, n, 3), v (S, B, 2)."""
         eta_b, phi_b = z[..., self.b, 1], z[..., self.b, 2]
         pt_l, eta_l, phi_l = z[..., self.lep, :].unbind(-1)
-        bx = -(v[..., 0] + pt_b * torch.cos(phi_b))
-        by = -(v[..., 1] + pt_b * torch.sin(phi_b))
-        pt_n = torch.sqrt(bx * bx + by * by)
-        phi_n = torch.atan2(by, bx)
-        c = self.m_w**2 / (2 * pt_l * pt_n).clamp(min=1e-12) + torch.cos(phi_n - phi_l)
-        eta_n = eta_l + sign * torch.acosh(c.clamp(min=1.0))
-        return 2 * (pt_b * pt_l * pair_g(eta_b, phi_b, eta_l, phi_l)
-                    + pt_b * pt_n * pair_g(eta_b, phi_b, eta_n, phi_n)
-                    + pt_l * pt_n * pair_g(eta_l, phi_l, eta_n, phi_n))
+        sign = torch.tensor([1.0, -1.0], dtype=z.dtype).view(2, *([1] * (z.dim() - 2)))
+        g_bl = pt_l * pair_g(eta_b, phi_b, eta_l, phi_l)
+        cb, sb = torch.cos(phi_b), torch.sin(phi_b)
+        w2 = self.m_w**2
+
+        def s_top(x: Tensor) -> Tensor:
+            pt_b = torch.exp(x)
+            bx, by = -(v[..., 0] + pt_b * cb), -(v[..., 1] + pt_b * sb)
+            pt_n = torch.sqrt(bx * bx + by * by)
+            phi_n = torch.atan2(by, bx)
+            c = w2 / (2 * pt_l * pt_n).clamp(min=1e-12) + torch.cos(phi_n - phi_l)
+            eta_n = eta_l + sign * torch.acosh(c.clamp(min=1.0))
+            return 2 * (pt_b * g_bl + pt_b * pt_n * pair_g(eta_b, phi_b, eta_n, phi_n)
+                        + pt_l * pt_n * pair_g(eta_l, phi_l, eta_n, phi_n))
+
+        return s_top
 
     def roots(self, z: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Centres (2, S, B), widths (2, S, B), found (2, S, B); v: Σ p_T of the others but b."""
+        """Centres (2, S, B), widths (2, S, B), found (2, S, B); v: Σ p_T of the others but b.
+
+        The first upward crossing of m_t² on a 16-point log p_T grid, 6 bisections, then the
+        secant through the bracket (the bracket's slope gives the width). Any deterministic
+        function of (z, v) keeps the channel exact; precision only sets its efficiency."""
         grid = torch.linspace(math.log(5.0), math.log(3000.0), 16, dtype=z.dtype)
         t2 = self.m_t**2
-        xs, gs, ok = [], [], []
-        for sign in (1.0, -1.0):
-            f = torch.stack([self._s_top(g.expand(z.shape[:-2]), z, v, sign) - t2 for g in grid])
-            ch = (f[:-1] < 0) & (f[1:] >= 0)
-            found = ch.any(0)
-            first = torch.where(found, ch.double().argmax(0), 0)
-            lo, hi = grid[first], grid[first + 1]
-            for _ in range(12):
-                mid = 0.5 * (lo + hi)
-                neg = self._s_top(mid, z, v, sign) < t2
-                lo, hi = torch.where(neg, mid, lo), torch.where(neg, hi, mid)
-            x = 0.5 * (lo + hi)
-            h = 1e-4
-            d = (self._s_top(x + h, z, v, sign) - self._s_top(x - h, z, v, sign)) / (2 * h)
-            gam = (self.m_t * self.g_t + self.m_w * self.g_w) / d.abs().clamp(min=1e-6)
-            xs.append(x)
-            gs.append(torch.where(torch.isfinite(gam), gam, 1.0).clamp(1e-3, 1.0))
-            ok.append(found & torch.isfinite(x))
-        return torch.stack(xs), torch.stack(gs), torch.stack(ok)
+        s_top = self._s_top_fn(z, v)
+        shape = (2, *z.shape[:-2])
+        f = s_top(grid.view(-1, *([1] * len(shape)))) - t2  # (16, 2, S, B)
+        ch = (f[:-1] < 0) & (f[1:] >= 0)
+        found = ch.any(0)
+        first = torch.where(found, ch.double().argmax(0), 0)
+        lo, hi = grid[first], grid[first + 1]
+        f_lo = torch.gather(f, 0, first[None])[0]
+        f_hi = torch.gather(f, 0, first[None] + 1)[0]
+        for _ in range(6):
+            mid = 0.5 * (lo + hi)
+            f_mid = s_top(mid) - t2
+            neg = f_mid < 0
+            lo, hi = torch.where(neg, mid, lo), torch.where(neg, hi, mid)
+            f_lo, f_hi = torch.where(neg, f_mid, f_lo), torch.where(neg, f_hi, f_mid)
+        d = (f_hi - f_lo) / (hi - lo)
+        x = lo - f_lo / torch.where(d > 0, d, 1.0)
+        x = torch.where((d > 0) & (x >= lo) & (x <= hi), x, 0.5 * (lo + hi))
+        gam = (self.m_t * self.g_t + self.m_w * self.g_w) / d.abs().clamp(min=1e-6)
+        gs = torch.where(torch.isfinite(gam), gam, 1.0).clamp(1e-3, 1.0)
+        return x, gs, found & torch.isfinite(x)
 
     def log_cauchy_part(self, x: Tensor, xs: Tensor, gs: Tensor, ok: Tensor) -> tuple[Tensor, Tensor]:
         """log of the root part of the density of x (S, B) and log of the Gaussian's weight."""
@@ -287,12 +304,12 @@ class LeptonicTop:
     @staticmethod
     def p_plus(x: Tensor, xs: Tensor, gs: Tensor, ok: Tensor) -> Tensor:
         """(S, B) probability of the ν branch Δη > 0: that branch's root's Cauchy share at x,
-        kept within (0.1, 0.9)."""
+        kept within (P_PLUS_FLOOR, 1 − P_PLUS_FLOOR)."""
         lc = torch.log(gs) - torch.log((x - xs) ** 2 + gs**2)
         lc = torch.where(ok, lc, -math.inf)
         tot = torch.logsumexp(lc, 0)
         share = torch.where(torch.isfinite(tot), torch.exp(lc[0] - tot), 0.5)
-        return torch.where(torch.isnan(share), 0.5, share).clamp(0.1, 0.9)
+        return torch.where(torch.isnan(share), 0.5, share).clamp(P_PLUS_FLOOR, 1 - P_PLUS_FLOOR)
 
     def sample_x(self, u: Tensor, c_tf: Tensor, w_tf: Tensor, xs: Tensor, gs: Tensor,
                  ok: Tensor) -> Tensor:

@@ -8,7 +8,13 @@ weights :math:`\alpha_c`, :math:`n_c = \alpha_c n` samples from each, and the ba
     q = \sum_c \alpha_c q_c,\qquad
     \operatorname{Var}\hat I = \sum_c \frac{\alpha_c^2}{n_c}\operatorname{Var}_{q_c}\!\Big[\frac{F}{q}\Big],
 
-which is unbiased wherever *any* channel has support (Veach & Guibas 1995). The channels
+which is unbiased wherever *any* channel has support (Veach & Guibas 1995). The jet–parton
+assignment σ is sampled as a discrete variable together with z: the integrand is
+:math:`F(z,\sigma)` (one assignment's transfer function, :meth:`MEMIntegrand.log_rest` with
+``pick``) and every channel's density is that of the pair,
+:math:`q_c(z,\sigma) = \pi(\sigma)\,q_c(z\mid\sigma)` (the cINN: :math:`\pi(\sigma)q(z)`), so a
+sample costs one assignment, as a VEGAS point does, instead of all P (24 for tt̄ with four
+jets); :math:`\sum_\sigma\int F(z,\sigma)dz` is the MEM integral. The channels
 (:mod:`unfoldmem.mem.channels`) are the cINN posterior :math:`q(p\mid x)`, the MoMEMta-style
 detector channel with resonance blocks, and the plain detector channel whose support is all of
 z. The same samples serve every θ of the grid (correlated errors, smooth scans). The error of
@@ -50,6 +56,9 @@ __all__ = ["CINNChannel", "Channel", "ISResult", "RecoChannel", "SamplingContext
 log = logging.getLogger(__name__)
 
 _TWO_PI = 2 * math.pi
+#: Share of the assignment draws spread uniformly over the valid assignments once the
+#: probabilities adapt (the rest follows the estimated shares of the integral).
+PICK_FLOOR = 0.05
 
 
 @dataclass
@@ -135,7 +144,7 @@ def _adapted_pick(perm: Tensor, valid: Tensor) -> Tensor:
     est = perm.sum(1)
     share = est / est.sum(-1, keepdim=True).clamp(min=1e-300)
     n_valid = valid.sum(-1, keepdim=True).clamp(min=1).double()
-    prob = torch.where(valid, 0.8 * share + 0.2 / n_valid, 0.0)
+    prob = torch.where(valid, (1 - PICK_FLOOR) * share + PICK_FLOOR / n_valid, 0.0)
     prob = torch.where(est.sum(-1, keepdim=True) > 0, prob, valid.double() / n_valid)
     return torch.log(prob)
 
@@ -172,11 +181,11 @@ def importance_sample(
         kernel_sigma: (B,) or scalar recoil-kernel width, GeV.
         per_permutation: also return the per-assignment integrals.
         generator: random numbers (seeded by the caller).
-        batch_limit: cap on S × B × P elements evaluated at once (memory).
+        batch_limit: cap on 8 S × B × n elements evaluated at once (memory).
         adapt_assignments: after each round, draw assignments (channels that read
-            ``prep["pick_logp"]``) with probability 0.8 × their estimated share of the
-            integral + 0.2 × uniform (multi-channel adaptation, Kleiss & Pittau 1994); every
-            round stays an unbiased estimate, so pooling the rounds is unbiased.
+            ``prep["pick_logp"]``) with probability (1 − PICK_FLOOR) × their estimated share
+            of the integral + PICK_FLOOR × uniform (multi-channel adaptation, Kleiss &
+            Pittau 1994); every round stays an unbiased estimate, so pooling them is unbiased.
 
     Returns:
         :class:`ISResult`.
@@ -200,28 +209,28 @@ def importance_sample(
     while bool(active.any()) and total < n_max:
         rows = active.nonzero()[:, 0]
         ctx = ctx_all.subset(rows)
-        per_chunk = max(1, batch_limit // max(1, len(rows) * max(p, 1) * integrand.n))
+        per_chunk = max(1, batch_limit // max(1, len(rows) * integrand.n * 8))
         for c, n_c in enumerate(_allocate(n_round, alphas_t)):
             done = 0
             while done < n_c:
                 m = min(per_chunk, n_c - done)
-                z = channels[c].sample(m, ctx, generator)
+                # (z, assignment) drawn jointly: the integrand and every channel density are
+                # evaluated for the drawn assignment only (see module doc).
+                z, pick = channels[c].sample_joint(m, ctx, generator)
                 lq = torch.logsumexp(torch.stack(
-                    [ch.log_prob(z, ctx) + math.log(float(a)) if a > 0 else
+                    [ch.log_prob_joint(z, pick, ctx) + math.log(float(a)) if a > 0 else
                      torch.full(z.shape[:2], -math.inf, dtype=torch.float64)
                      for ch, a in zip(channels, alphas_t, strict=True)]), 0)
-                rest, pout, x1, x2 = integrand.log_rest(z, ctx.events, ctx.prep, ctx.kernel_sigma)
-                rest_tot = torch.logsumexp(rest, -1)
+                rest, pout, x1, x2 = integrand.log_rest(z, ctx.events, ctx.prep,
+                                                        ctx.kernel_sigma, pick)
                 with torch.no_grad():
                     tk = torch.stack([integrand.log_theta(pout, x1, x2, th) for th in thetas], -1)
-                logw = rest_tot[..., None] + tk - lq[..., None]
+                logw = rest[..., None] + tk - lq[..., None]
                 # A sample the mixture cannot produce (q = 0) carries no weight.
                 logw = torch.where(torch.isneginf(lq)[..., None], -math.inf, logw)
                 soft = None
                 if track:
-                    safe = torch.where(torch.isinf(rest_tot), 0.0, rest_tot)
-                    soft = torch.where(torch.isinf(rest_tot)[..., None], 0.0,
-                                       torch.exp(rest - safe[..., None]))
+                    soft = torch.nn.functional.one_hot(pick, p).double()
                 acc.add(c, rows, logw, soft)
                 done += m
         total += n_round

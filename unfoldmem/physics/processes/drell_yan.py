@@ -54,6 +54,13 @@ class DrellYan(Process):
         self, p_in: Tensor, p_out: Tensor, theta: Mapping[str, Tensor], channel: tuple[int, int]
     ) -> Tensor:
         """|M|² averaged over 4 spins and 9 colours; p_in (N,2,4) ordered as ``channel``."""
+        return self._me2(p_in, p_out, theta, channel, {})
+
+    def _me2(self, p_in: Tensor, p_out: Tensor, theta: Mapping[str, Tensor],
+             channel: tuple[int, int], spinors: dict[tuple[str, int, int], tuple[Tensor, Tensor]],
+             ) -> Tensor:
+        """|M|² of one channel; ``spinors`` caches the external wavefunctions between channels
+        of the same momenta (the same operations either way, so the results are identical)."""
         iq = 0 if channel[0] > 0 else 1
         q = abs(channel[0])
         pq, pqb = p_in[:, iq], p_in[:, 1 - iq]
@@ -66,11 +73,15 @@ class DrellYan(Process):
         total = torch.zeros(p_in.shape[0], dtype=torch.float64)
         # massless fermions: only opposite-helicity q q̄ (and ℓ⁻ℓ⁺) pairs couple to vectors
         for hq in (1, -1):
-            u, vb = h.spinor_u(pq, 0.0, hq), h.spinor_vbar(pqb, 0.0, -hq)
+            if ("q", iq, hq) not in spinors:
+                spinors["q", iq, hq] = (h.spinor_u(pq, 0.0, hq), h.spinor_vbar(pqb, 0.0, -hq))
+            u, vb = spinors["q", iq, hq]
             v_gam = h.vector_offshell(vb, u, eq, eq, k, 0.0, 0.0)
             v_z = h.vector_offshell(vb, u, gl_q, gr_q, k, theta["m_z"], theta["gamma_z"])
             for hl in (1, -1):
-                ub, v = h.spinor_ubar(pl, 0.0, hl), h.spinor_v(pa, 0.0, -hl)
+                if ("l", 0, hl) not in spinors:
+                    spinors["l", 0, hl] = (h.spinor_ubar(pl, 0.0, hl), h.spinor_v(pa, 0.0, -hl))
+                ub, v = spinors["l", 0, hl]
                 amp = h.ffv_amplitude(ub, v, v_gam, el, el) + h.ffv_amplitude(
                     ub, v, v_z, gl_l, gr_l
                 )
@@ -80,13 +91,15 @@ class DrellYan(Process):
     def matrix_elements_by_channel(
         self, p_in: Tensor, p_out: Tensor, theta: Mapping[str, Tensor]
     ) -> Tensor:
-        """(N, n_channels): one evaluation per (up/down type, orientation), shared by flavours."""
+        """(N, n_channels): one evaluation per (up/down type, orientation), shared by flavours,
+        with the external spinors computed once for all of them."""
         done: dict[tuple[int, bool], Tensor] = {}
+        spinors: dict[tuple[str, int, int], tuple[Tensor, Tensor]] = {}
         cols = []
         for c in self.channels:
             key = (abs(c[0]) % 2, c[0] > 0)  # d, s, b and u, c have equal couplings
             if key not in done:
-                done[key] = self.matrix_element_squared(p_in, p_out, theta, c)
+                done[key] = self._me2(p_in, p_out, theta, c, spinors)
             cols.append(done[key])
         return torch.stack(cols, -1)
 
