@@ -93,6 +93,8 @@ def train(
             raise CardError(str(card_path), "transfer.multiplicities",
                             f"does not fit the training data: {exc}") from exc
     model = build_model(card, encodings_of(core))
+    if card.model == "transfer":
+        core.copy_pairing(model)  # pairing buffers are no encodings: build_model has none
     prep = core.prepare(v, reco, mask, weight)
     h = data_hash({"partons": v, "reco": reco, "mask": mask, "weight": weight})
     ckpt = output.with_name(output.name + ".ckpt")

@@ -51,6 +51,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -156,6 +157,17 @@ class TransferFlow(nn.Module):
             raise ValueError(msg)
         for k in missing:
             state_dict[prefix + k] = getattr(self, k).clone()
+        if self.config.residual and not missing and not any(
+                bool(torch.as_tensor(state_dict[prefix + k]).any())
+                for k in ("jet_partons", "lepton_partons")):
+            # `unfoldmem train` used to save residual models without their pairing: their flows
+            # were trained on residuals and would be given absolute objects. (A model whose
+            # training data paired nothing is no residual model either.)
+            msg = ("the weights pair no parton with a reco object (jet_partons and "
+                   "lepton_partons all False) although 'transfer.residual' is true: the pairing "
+                   "was lost when they were written (models of `unfoldmem train` before the "
+                   "pairing was saved) or no parton matched a reco object; retrain the model")
+            raise ValueError(msg)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     @property
@@ -193,6 +205,10 @@ class TransferFlow(nn.Module):
         """
         config = config or TransferConfig()
         encoding = encoding or EncodingConfig()
+        if bool((partons[..., 0] < 0).any() | (partons[..., 2].abs() > math.pi + 1e-6).any()):
+            msg = ("the partons are not (pt, eta, phi, m): some pt < 0 or |phi| > pi; pass "
+                   "parton_objects(...) (or lorentz.to_ptetaphim of the (E, px, py, pz) momenta)")
+            raise ValueError(msg)
         kw = {"relative_phi": encoding.relative_phi, "mass_offset": encoding.mass_offset}
         penc = ObjectEncoding.fit(partons, weight, **kw)
         first = reco[0][mask[0] & (reco[0, :, 6] != JET)]
@@ -227,6 +243,20 @@ class TransferFlow(nn.Module):
         model = cls(penc, encs, config, flow, first[:, 6])
         model.jet_partons.copy_(probe.jet_partons)
         model.lepton_partons.copy_(probe.lepton_partons)
+        return model
+
+    def copy_pairing(self, model: nn.Module) -> nn.Module:
+        """Give every :class:`TransferFlow` inside ``model`` this model's parton pairing.
+
+        A network built from a card and encodings alone (``build_model``, e.g. an ensemble or
+        Bayesian wrapper of the model :meth:`from_data` fitted) has no pairing: without it, a
+        residual model trained on :meth:`prepare` features of this model reads absolute objects
+        as residuals. Returns ``model``.
+        """
+        for m in model.modules():
+            if isinstance(m, TransferFlow) and m is not self:
+                m.jet_partons.copy_(self.jet_partons)
+                m.lepton_partons.copy_(self.lepton_partons)
         return model
 
     def _pair_candidates(self) -> tuple[list[int], list[int], list[int]]:
