@@ -100,6 +100,10 @@ def test_ttbar_mt_calibration_small() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue #11 open: the tt̄ MEM's Monte Carlo noise per "
+                   "grid point (~0.4 in log P at 512 samples) exceeds the m_t signal of one "
+                   "event (~0.3 over ±12 GeV): pull width 3.0 measured (docs/inference.md); "
+                   "strict, so the marker must go once the MEM is good enough")
 def test_ttbar_mt_calibration_full() -> None:
     """800 events at m_t = 173.5 GeV in 100 disjoint pseudo-experiments of 8 events, 9 grid
     points over ±12 GeV (±4σ of one pseudo-experiment), 512 samples per point: bias < 0.2σ,
