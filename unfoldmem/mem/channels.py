@@ -386,8 +386,16 @@ class CINNChannel:
         v = enc.fixed_mass.to(torch.float64).expand(s, b, n_model)[..., None].repeat(1, 1, 1, 4)
         v[..., self._idx(n), :3] = z
         v[..., 3] = enc.fixed_mass.to(torch.float64)
-        obj = ctx.events.objects.expand(s, *ctx.events.objects.shape).reshape(s * b, -1, 7)
-        msk = ctx.events.mask.expand(s, *ctx.events.mask.shape).reshape(s * b, -1)
+        m = self.model
         with torch.no_grad():
-            lq = self.model.log_prob_partons(v.reshape(s * b, n_model, 4), obj, msk).view(s, b)
+            if all(hasattr(m, a) for a in ("context", "flow", "encode_partons")):
+                # the condition network (attention included) runs once per event, not per sample
+                c = m.context(ctx.events.objects, ctx.events.mask)
+                x, ladj = m.encode_partons(v.reshape(s * b, n_model, 4))
+                c = c.expand(s, *c.shape).reshape(s * b, -1)
+                lq = (m.flow(c).log_prob(x).double() + ladj).view(s, b)
+            else:
+                obj = ctx.events.objects.expand(s, *ctx.events.objects.shape).reshape(s * b, -1, 7)
+                msk = ctx.events.mask.expand(s, *ctx.events.mask.shape).reshape(s * b, -1)
+                lq = m.log_prob_partons(v.reshape(s * b, n_model, 4), obj, msk).view(s, b)
         return torch.where(torch.isnan(lq), -math.inf, lq.double())
