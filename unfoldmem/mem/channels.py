@@ -36,6 +36,7 @@ from unfoldmem.mem.context import (
 from unfoldmem.mem.integrand import MEMIntegrand, build_assignments
 from unfoldmem.mem.resonances import HadronicChain, LeptonicTop, NeutrinoBlock, find_blocks
 from unfoldmem.physics import lorentz
+from unfoldmem.physics.densities import log_normal, log_wrapped_normal
 from unfoldmem.simulate.detector import ParametricDetector
 
 __all__ = ["CINNChannel", "Channel", "RecoChannel", "SamplingContext", "draw_assignments",
@@ -44,19 +45,6 @@ __all__ = ["CINNChannel", "Channel", "RecoChannel", "SamplingContext", "draw_ass
 _TWO_PI = 2 * math.pi
 _COMBINE_SCALE = 1.2  # width of the combined jet-energy law over its Gaussian estimate
 _Blocks = tuple[list[HadronicChain], NeutrinoBlock | None, LeptonicTop | None]
-
-
-def _log_normal(x: Tensor, mu: Tensor, s: Tensor) -> Tensor:
-    return -0.5 * ((x - mu) / s) ** 2 - torch.log(s) - 0.5 * math.log(_TWO_PI)
-
-
-def _log_wrapped_normal(x: Tensor, mu: Tensor, s: Tensor) -> Tensor:
-    d = torch.remainder(x - mu + math.pi, _TWO_PI) - math.pi
-    # Images at ±2π change the density by < e^-79 for widths below 0.25 rad.
-    near = _log_normal(d, torch.zeros(()), s)
-    far = torch.logaddexp(_log_normal(d - _TWO_PI, torch.zeros(()), s),
-                          _log_normal(d + _TWO_PI, torch.zeros(()), s))
-    return torch.where(s < 0.25, near, torch.logaddexp(near, far))
 
 
 class RecoChannel:
@@ -302,10 +290,10 @@ class RecoChannel:
         lpt = torch.log(zz[..., 0])
         inv_phi = torch.isinf(width[..., 2])
         ww = torch.where(torch.isinf(width), 1.0, width)
-        l_pt = _log_normal(lpt, centre[..., 0], ww[..., 0]) - lpt
-        l_ang = (_log_normal(zz[..., 1], centre[..., 1], ww[..., 1])
+        l_pt = log_normal(lpt, centre[..., 0], ww[..., 0]) - lpt
+        l_ang = (log_normal(zz[..., 1], centre[..., 1], ww[..., 1])
                  + torch.where(inv_phi, -math.log(_TWO_PI),
-                               _log_wrapped_normal(zz[..., 2], centre[..., 2], ww[..., 2])))
+                               log_wrapped_normal(zz[..., 2] - centre[..., 2], ww[..., 2])))
         chains, nu, ltop = self.blocks(integ)
         p_plus: Tensor | float = 0.5
         if ltop is not None:
@@ -324,10 +312,10 @@ class RecoChannel:
             mean, sd = self._chain_law(chain, z, centre, ww)
             la = lpt[..., chain.a]
             l_pt = l_pt.clone()
-            l_pt[..., chain.a] = _log_normal(la, mean, _COMBINE_SCALE * sd) - la
+            l_pt[..., chain.a] = log_normal(la, mean, _COMBINE_SCALE * sd) - la
         lp = (torch.where(tf_pt, l_pt, 0.0) + torch.where(others, l_ang, 0.0)).sum(-1)
         if recoil_eta:
-            lp = lp + _log_normal(zz[..., r, 1], centre[..., r, 1], ww[..., r, 1])
+            lp = lp + log_normal(zz[..., r, 1], centre[..., r, 1], ww[..., r, 1])
         lq = torch.zeros(z.shape[:2], dtype=z.dtype)
         for chain in chains:
             lq = lq + chain.log_prob(z)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from unfoldmem.cards.detector import DetectorCard
 from unfoldmem.physics import lorentz
+from unfoldmem.physics.densities import log_normal, log_wrapped_normal
 from unfoldmem.simulate.detector_kernel import simulate_arrays
 from unfoldmem.simulate.detector_objects import (
     KIND_ELECTRON,
@@ -48,19 +49,6 @@ __all__ = [
 _LOG_2PI = math.log(2 * math.pi)
 _ETA_CLAMP = 50.0  # cosh/sinh of smeared eta are evaluated inside this; acceptance is far below
 _E_MAX = 1e100  # GeV; partons above are degenerate (reason 2): their squares would overflow
-
-
-def _log_normal(x: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
-    z = (x - mu) / sigma
-    return -0.5 * z * z - torch.log(sigma) - 0.5 * _LOG_2PI
-
-
-def _log_wrapped_normal(dphi: Tensor, sigma: Tensor) -> Tensor:
-    # Five images of the circle are exact to float64 for sigma < 1 rad.
-    d = torch.remainder(dphi + math.pi, 2 * math.pi) - math.pi
-    k = torch.arange(-2, 3, dtype=d.dtype, device=d.device) * (2 * math.pi)
-    z = (d.unsqueeze(-1) + k) / sigma.unsqueeze(-1)
-    return torch.logsumexp(-0.5 * z * z, -1) - torch.log(sigma) - 0.5 * _LOG_2PI
 
 
 class ParametricDetector:
@@ -232,10 +220,10 @@ class ParametricDetector:
         jet = q["jet"]
         ch = torch.cosh(eta_r.clamp(-_ETA_CLAMP, _ETA_CLAMP))
         x_r = torch.where(jet, pt_r * ch / q["beta"], pt_r)
-        lp = (_log_normal(x_r, q["x"], q["sigma"])
+        lp = (log_normal(x_r, q["x"], q["sigma"])
               + torch.where(jet, torch.log(ch / q["beta"]), 0.0)
-              + _log_normal(eta_r, q["eta"], q["s_eta"])
-              + _log_wrapped_normal(phi_r - q["phi"], q["s_phi"]) + torch.log(q["eff"]))
+              + log_normal(eta_r, q["eta"], q["s_eta"])
+              + log_wrapped_normal(phi_r - q["phi"], q["s_phi"]) + torch.log(q["eff"]))
         if btag is not None:
             tp = torch.where(btag > 0.5, q["tag_p"], 1 - q["tag_p"])
             lp = lp + torch.where(jet, torch.log(tp), 0.0)
