@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from unfoldmem.flows.encoding import weighted_mean_std
 from unfoldmem.physics import lorentz
 
 __all__ = [
@@ -222,8 +223,72 @@ class DecayTreeEncoding(nn.Module):
     """What the decay-tree parton encodings share: sizes, the tree, and the standardised
     forward map built from a subclass's ``_raw(v) -> (raw features, log|det|)``.
 
-    Subclasses set ``free_mass`` (k,), ``nodes``, ``roots`` and the ``mean``/``std`` buffers.
+    Subclasses call :meth:`_set_tree` and set the ``mean``/``std`` buffers; their ``fit`` starts
+    from :meth:`fit_layout` and ends with :meth:`_fit_standardisation`.
     """
+
+    def _set_tree(self, tree: Sequence[Any], free_mass: Sequence[bool] | Tensor,
+                  fixed_mass: Sequence[float] | Tensor | None) -> tuple[Tensor, Tensor]:
+        """Flatten ``tree`` (it must use each of the k partons once) and register the
+        ``free_mass`` (k,) bool and ``fixed_mass`` (k,) float64 buffers; returns both."""
+        free = torch.as_tensor(free_mass, dtype=torch.bool)
+        k = free.shape[0]
+        fixed = torch.zeros(k) if fixed_mass is None else torch.as_tensor(fixed_mass)
+        fixed = fixed.to(torch.float64)
+        self.nodes, self.roots = flatten_tree(tree)
+        leaves = [c for n in self.nodes for c in n if c >= 0] + [r for r in self.roots if r >= 0]
+        if sorted(leaves) != list(range(k)):
+            msg = f"decay tree {list(tree)} does not use each of the {k} partons exactly once"
+            raise ValueError(msg)
+        self.register_buffer("free_mass", free)
+        self.register_buffer("fixed_mass", fixed)
+        # plain indices, so that inverse() traces without data-dependent shapes (export)
+        self.free_index = [i for i, f in enumerate(free.tolist()) if f]
+        return free, fixed
+
+    @staticmethod
+    def fit_layout(objects: Tensor, weight: Tensor | None, tree: Sequence[Any] | None,
+                   mass_tolerance: float, pt_tolerance: float
+                   ) -> tuple[list[Any], Tensor, Tensor, bool]:
+        r"""Tree, free-mass flags (k,), fixed masses (k,) GeV and ``fixed_pt`` from training
+        partons (n, k, 4) (pt GeV, eta, phi, m GeV).
+
+        A parton whose mass spread is below ``mass_tolerance`` has a fixed mass (snapped to 0
+        below it: massless partons rebuilt from (E, p) carry ~1e-7 GeV of jitter); if
+        :math:`|\sum\vec p_T| / \sum p_T < ` ``pt_tolerance`` in every event the roots are
+        joined (first two, repeatedly) into one whose :math:`\vec P_T` is fixed. ``tree``
+        None: :func:`infer_tree` from the kinematics.
+        """
+        tree = infer_tree(objects) if tree is None else list(tree)
+        m = objects[..., 3]
+        mean_m, _ = weighted_mean_std(m, weight)
+        free = (m.amax(0) - m.amin(0)) > mass_tolerance
+        p = lorentz.from_ptetaphim(objects)
+        ratio = torch.linalg.vector_norm(p[..., 1:3].sum(-2), dim=-1) / objects[..., 0].sum(-1)
+        fixed_pt = bool((ratio < pt_tolerance).all())
+        while fixed_pt and len(tree) > 1:
+            tree = [[tree[0], tree[1]], *tree[2:]]
+        fixed = torch.where(free | (mean_m.abs() < mass_tolerance), 0.0, mean_m)
+        return tree, free, fixed, fixed_pt
+
+    def _fit_standardisation(self, objects: Tensor, weight: Tensor | None) -> None:
+        """Set ``mean``/``std`` to the weighted statistics of the raw features of ``objects``."""
+        raw, _ = self._raw(objects)
+        self.mean, self.std = weighted_mean_std(raw, weight)
+
+    def _dict_common(self, parametrization: str) -> dict[str, Any]:
+        """The :meth:`to_dict` entries every decay-tree encoding has."""
+        return {
+            "parametrization": parametrization,
+            "tree": self.tree,
+            "free_mass": self.free_mass.tolist(),
+            "fixed_mass": self.fixed_mass.tolist(),
+            "fixed_pt": self.fixed_pt,
+            "pt_sigma": self.pt_sigma,
+            "mass_offset": self.mass_offset,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+        }
 
     def _raw(self, v: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

@@ -59,8 +59,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unfoldmem.flows.decay_tree import DecayTreeEncoding, flatten_tree, infer_tree
-from unfoldmem.flows.encoding import U_MAX, register_standardisation, weighted_mean_std
+from unfoldmem.flows.decay_tree import DecayTreeEncoding
+from unfoldmem.flows.encoding import U_MAX, register_standardisation
 from unfoldmem.flows.onshell_plan import plan_onshell, subtree_leaves, subtree_nodes
 from unfoldmem.physics import lorentz
 
@@ -129,25 +129,14 @@ class OnShellEncoding(DecayTreeEncoding):
         invisible: Sequence[int] = (),
     ) -> None:
         super().__init__()
-        free = torch.as_tensor(free_mass, dtype=torch.bool)
+        free, fixed = self._set_tree(tree, free_mass, fixed_mass)
         k = free.shape[0]
-        fixed = torch.zeros(k) if fixed_mass is None else torch.as_tensor(fixed_mass)
-        fixed = fixed.to(torch.float64)
-        self.nodes, self.roots = flatten_tree(tree)
-        leaves = sorted([c for n in self.nodes for c in n if c >= 0] + [r for r in self.roots
-                                                                        if r >= 0])
-        if leaves != list(range(k)):
-            msg = f"decay tree {list(tree)} does not use each of the {k} partons exactly once"
-            raise ValueError(msg)
         if fixed_pt and (len(self.roots) != 1 or self.roots[0] >= 0):
             msg = "fixed_pt needs a decay tree with a single root node"
             raise ValueError(msg)
         self.fixed_pt, self.mass_offset, self.pt_sigma = bool(fixed_pt), float(mass_offset), \
             float(pt_sigma)
         massless = [not bool(free[i]) and float(fixed[i]) == 0.0 for i in range(k)]
-        self.register_buffer("free_mass", free)
-        self.register_buffer("fixed_mass", fixed)
-        self.free_index = [i for i, f in enumerate(free.tolist()) if f]
         self.invisible = sorted(int(i) for i in invisible)
         plan = plan_onshell(self.nodes, self.roots, massless, self.invisible, self.fixed_pt)
         self.steps = plan.steps
@@ -180,20 +169,11 @@ class OnShellEncoding(DecayTreeEncoding):
         primary's axis instead of the beam's.
         """
         objects = objects.double()
-        tree = infer_tree(objects) if tree is None else list(tree)
-        m = objects[..., 3]
-        mean_m, _ = weighted_mean_std(m, weight)
-        free = (m.amax(0) - m.amin(0)) > mass_tolerance
-        p = lorentz.from_ptetaphim(objects)
-        ratio = torch.linalg.vector_norm(p[..., 1:3].sum(-2), dim=-1) / objects[..., 0].sum(-1)
-        fixed_pt = bool((ratio < pt_tolerance).all())
-        while fixed_pt and len(tree) > 1:
-            tree = [[tree[0], tree[1]], *tree[2:]]
-        fixed = torch.where(free | (mean_m.abs() < mass_tolerance), 0.0, mean_m)
+        tree, free, fixed, fixed_pt = cls.fit_layout(objects, weight, tree, mass_tolerance,
+                                                     pt_tolerance)
         enc = cls(tree, free, fixed, fixed_pt, mass_offset, pt_sigma=pt_sigma,
                   invisible=invisible)
-        raw, _ = enc._raw(objects)
-        enc.mean, enc.std = weighted_mean_std(raw, weight)
+        enc._fit_standardisation(objects, weight)
         return enc
 
     def _raw(self, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -337,18 +317,7 @@ class OnShellEncoding(DecayTreeEncoding):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON description (tree, layout, statistics); inverse of :meth:`from_dict`."""
-        return {
-            "parametrization": "onshell",
-            "tree": self.tree,
-            "free_mass": self.free_mass.tolist(),
-            "fixed_mass": self.fixed_mass.tolist(),
-            "fixed_pt": self.fixed_pt,
-            "pt_sigma": self.pt_sigma,
-            "invisible": self.invisible,
-            "mass_offset": self.mass_offset,
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-        }
+        return {**self._dict_common("onshell"), "invisible": self.invisible}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OnShellEncoding:

@@ -60,7 +60,6 @@ from torch import Tensor, nn
 from unfoldmem.flows.decay_tree import (
     DecayTreeEncoding,
     decay_tree,
-    flatten_tree,
     infer_tree,
     narrow_tree,
 )
@@ -68,8 +67,8 @@ from unfoldmem.flows.encoding import (
     U_MAX,
     ObjectEncoding,
     register_standardisation,
-    weighted_mean_std,
 )
+from unfoldmem.flows.onshell import OnShellEncoding
 from unfoldmem.physics import lorentz
 
 __all__ = [
@@ -118,24 +117,12 @@ class ResonanceEncoding(DecayTreeEncoding):
         pt_sigma: float = 1.0,
     ) -> None:
         super().__init__()
-        free = torch.as_tensor(free_mass, dtype=torch.bool)
-        k = free.shape[0]
-        fixed = torch.zeros(k) if fixed_mass is None else torch.as_tensor(fixed_mass)
-        self.nodes, self.roots = flatten_tree(tree)
-        leaves = sorted(c for n in self.nodes for c in n if c >= 0) + [r for r in self.roots
-                                                                      if r >= 0]
-        if sorted(leaves) != list(range(k)):
-            msg = f"decay tree {list(tree)} does not use each of the {k} partons exactly once"
-            raise ValueError(msg)
+        free, _ = self._set_tree(tree, free_mass, fixed_mass)
         if fixed_pt and len(self.roots) != 1:
             msg = "fixed_pt needs a decay tree with a single root"
             raise ValueError(msg)
         self.fixed_pt, self.relative_phi = bool(fixed_pt), bool(relative_phi)
         self.mass_offset, self.pt_sigma = float(mass_offset), float(pt_sigma)
-        self.register_buffer("free_mass", free)
-        # plain indices, so that inverse() traces without data-dependent shapes (export)
-        self.free_index = [i for i, f in enumerate(free.tolist()) if f]
-        self.register_buffer("fixed_mass", fixed.to(torch.float64))
         d = (len(self.roots) * (1 if fixed_pt else 3) + 3 * len(self.nodes) + int(free.sum()))
         register_standardisation(self, d, mean, std)
 
@@ -163,20 +150,10 @@ class ResonanceEncoding(DecayTreeEncoding):
                 kernel of the MEM, see :meth:`unfoldmem.mem.likelihood.MEMLikelihood.kernel_sigma`).
         """
         objects = objects.double()
-        tree = infer_tree(objects) if tree is None else list(tree)
-        mean_m, _ = weighted_mean_std(objects[..., 3], weight)
-        m = objects[..., 3]
-        free = (m.amax(0) - m.amin(0)) > mass_tolerance
-        p = lorentz.from_ptetaphim(objects)
-        ratio = torch.linalg.vector_norm(p[..., 1:3].sum(-2), dim=-1) / objects[..., 0].sum(-1)
-        fixed_pt = bool((ratio < pt_tolerance).all())
-        while fixed_pt and len(tree) > 1:
-            tree = [[tree[0], tree[1]], *tree[2:]]
-        # massless partons rebuilt from (E, p) carry ~1e-7 GeV of mass jitter: snap it to 0
-        fixed = torch.where(free | (mean_m.abs() < mass_tolerance), 0.0, mean_m)
+        tree, free, fixed, fixed_pt = cls.fit_layout(objects, weight, tree, mass_tolerance,
+                                                     pt_tolerance)
         enc = cls(tree, free, fixed, fixed_pt, relative_phi, mass_offset, pt_sigma=pt_sigma)
-        raw, _ = enc._raw(objects)
-        enc.mean, enc.std = weighted_mean_std(raw, weight)
+        enc._fit_standardisation(objects, weight)
         return enc
 
     def _masses(self, v: Tensor) -> Tensor:
@@ -283,18 +260,7 @@ class ResonanceEncoding(DecayTreeEncoding):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON description (tree, layout, statistics); inverse of :meth:`from_dict`."""
-        return {
-            "parametrization": "resonances",
-            "tree": self.tree,
-            "free_mass": self.free_mass.tolist(),
-            "fixed_mass": self.fixed_mass.tolist(),
-            "fixed_pt": self.fixed_pt,
-            "pt_sigma": self.pt_sigma,
-            "relative_phi": self.relative_phi,
-            "mass_offset": self.mass_offset,
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-        }
+        return {**self._dict_common("resonances"), "relative_phi": self.relative_phi}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ResonanceEncoding:
@@ -314,8 +280,5 @@ def parton_encoding_from_dict(d: dict[str, Any]) -> nn.Module:
     if kind == "resonances":
         return ResonanceEncoding.from_dict(d)
     if kind == "onshell":
-        # imported here: onshell builds on this module's boost
-        from unfoldmem.flows.onshell import OnShellEncoding
-
         return OnShellEncoding.from_dict(d)
     return ObjectEncoding.from_dict(d)
