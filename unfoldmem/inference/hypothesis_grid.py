@@ -48,9 +48,11 @@ __all__ = [
 
 
 def chunk_seed(seed: int, first_event: int) -> int:
-    """A 63-bit seed from (``seed``, index of a chunk's first event): chunking-invariant streams."""
-    state = np.random.SeedSequence([int(seed), int(first_event)]).generate_state(1, np.uint64)
-    return int(state[0] >> np.uint64(1))
+    """A 63-bit seed (fits a signed int64) from (``seed``, index of a chunk's first event):
+    :func:`unfoldmem.mem.likelihood.chunk_seed` without its top bit."""
+    from unfoldmem.mem.likelihood import chunk_seed as seed64
+
+    return seed64(seed, first_event) >> 1
 
 
 @dataclass

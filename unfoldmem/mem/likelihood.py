@@ -45,7 +45,8 @@ from unfoldmem.mem.sampling import (
 )
 from unfoldmem.weights import WeightDiagnosticsConfig
 
-__all__ = ["MEMConfig", "MEMLikelihood", "MEMResult", "chunk_generator", "theta_grid_points"]
+__all__ = ["MEMConfig", "MEMLikelihood", "MEMResult", "chunk_generator", "chunk_seed",
+           "theta_grid_points"]
 
 
 @dataclass
@@ -84,12 +85,17 @@ class MEMConfig:
     diagnostics: WeightDiagnosticsConfig = field(default_factory=WeightDiagnosticsConfig)
 
 
-def chunk_generator(seed: int, first_event: int) -> torch.Generator:
-    """The random stream of the chunk whose first event has global index ``first_event``:
-    a generator seeded from the pair (``seed``, ``first_event``) through numpy's
+def chunk_seed(seed: int, first_event: int) -> int:
+    """A 64-bit seed from the pair (``seed``, index of a chunk's first event) through numpy's
     ``SeedSequence`` (well-mixed, distinct streams for distinct pairs)."""
     state = np.random.SeedSequence([int(seed), int(first_event)]).generate_state(1, np.uint64)
-    return torch.Generator().manual_seed(int(state[0]))
+    return int(state[0])
+
+
+def chunk_generator(seed: int, first_event: int) -> torch.Generator:
+    """The random stream of the chunk whose first event has global index ``first_event``:
+    a generator seeded with :func:`chunk_seed`, so results do not depend on the chunking."""
+    return torch.Generator().manual_seed(chunk_seed(seed, first_event))
 
 
 def theta_grid_points(grid: Mapping[str, Tensor | Sequence[float]]) -> tuple[dict[str, Tensor],
