@@ -3,7 +3,7 @@ PY := .venv/bin/python
 STAMP := .venv/.installed
 PYTEST_FLAGS ?= -q -x -p no:cacheprovider
 
-.PHONY: bench-quick setup demo test validate bench lint clean
+.PHONY: bench-quick setup demo test test-cuda validate bench lint clean
 
 setup: $(STAMP)
 
@@ -19,10 +19,14 @@ demo: $(STAMP)
 	$(PY) -m unfoldmem demo -o demo-output --overwrite
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_FLAGS) -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_FLAGS) -m "not slow and not cuda"
 
 validate: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m slow
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m "slow and not cuda"
+
+# On a machine with a CUDA GPU: the --device cuda paths (tests/device).
+test-cuda: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m cuda tests/device
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
