@@ -10,22 +10,21 @@ events (parton tree of the data file): closure χ²/ndf and per-event 68% calibr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from unfoldmem.cli import app
+from tests.unfold.cli_pipeline import generate_train_unfold
 from unfoldmem.flows.model_dir import load_model
 from unfoldmem.flows.onshell import OnShellEncoding
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cli(*args: object) -> None:
-    res = CliRunner().invoke(app, ["--quiet", *[str(a) for a in args]])
-    assert res.exit_code == 0, res.output
+CARD = (
+    "kind: model\nname: tt_onshell\nmodel: cinn\n"
+    "encoding: {max_jets: 6, max_leptons: 2, parton_coordinates: onshell}\n"
+    "flow: {transforms: 4, bins: 8, hidden: [64, 64]}\n"
+    "condition: {embed: 32, hidden: [64], context: 16}\n"
+    "training: {epochs: 20, batch_size: 256, lr: 0.002, patience: 0, seed: 1}\n"
+)
 
 
 @pytest.mark.slow
@@ -35,27 +34,11 @@ def test_ttbar_lepton_and_top_masses_close_with_onshell_coordinates(tmp_path: Pa
     finite-sample quantile error of 30 samples). With resonance coordinates the same card,
     data and seeds give pt(μ) χ²/ndf 9.6–9.8 (calibration 0.86; docs/unfolding.md); with
     object coordinates m_t χ²/ndf ≈ 45. The pt of the tt̄ pair is 0 at LO: no calibration."""
-    run = ROOT / "cards/runs/ttbar_small.yaml"
-    sim, data = tmp_path / "sim.root", tmp_path / "data.root"
-    _cli("generate", run, "-n", 16000, "-o", sim, "--seed", 1)
-    _cli("generate", run, "-n", 4000, "-o", data, "--seed", 101)
-    card = tmp_path / "card.yaml"
-    card.write_text(
-        "kind: model\nname: tt_onshell\nmodel: cinn\n"
-        "encoding: {max_jets: 6, max_leptons: 2, parton_coordinates: onshell}\n"
-        "flow: {transforms: 4, bins: 8, hidden: [64, 64]}\n"
-        "condition: {embed: 32, hidden: [64], context: 16}\n"
-        "training: {epochs: 20, batch_size: 256, lr: 0.002, patience: 0, seed: 1}\n"
-    )
-    model = tmp_path / "model"
-    _cli("train", card, "--data", sim, "-o", model)
+    summary, model = generate_train_unfold(tmp_path, "ttbar_small.yaml", 16000, 4000, CARD, 30,
+                                           "--phase-space", "reco")
     enc = load_model(model).model.parton_encoding
     assert isinstance(enc, OnShellEncoding) and enc.fixed_pt
     assert enc.steps[0][0] == "leaf"  # the muon: lab coordinates
-    out = tmp_path / "unfold"
-    _cli("unfold", data, "--model", model, "-n", 30, "-o", out, "--no-plots",
-         "--phase-space", "reco")
-    summary = json.loads((out / "summary.json").read_text())
     for name in ("pt_lepton", "m_t_had", "m_t_lep"):
         c = summary["closure"][name]
         assert c["ndf"] >= 10 and c["chi2_ndf"] < 1.5, (name, c)

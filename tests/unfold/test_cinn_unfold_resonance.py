@@ -9,22 +9,21 @@ unfolded events (parton tree of the data file), compared by the closure χ²/ndf
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from unfoldmem.cli import app
+from tests.unfold.cli_pipeline import generate_train_unfold
 from unfoldmem.flows.model_dir import load_model
 from unfoldmem.flows.parametrization import ResonanceEncoding
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cli(*args: object) -> None:
-    res = CliRunner().invoke(app, ["--quiet", *[str(a) for a in args]])
-    assert res.exit_code == 0, res.output
+CARD = (
+    "kind: model\nname: dy_resonances\nmodel: cinn\n"
+    "encoding: {max_jets: 4, max_leptons: 2, parton_coordinates: resonances}\n"
+    "flow: {transforms: 4, bins: 8, hidden: [64, 64]}\n"
+    "condition: {embed: 32, hidden: [64], context: 16}\n"
+    "training: {epochs: 20, batch_size: 256, lr: 0.002, patience: 0, seed: 1}\n"
+)
 
 
 @pytest.mark.slow
@@ -34,25 +33,10 @@ def test_drell_yan_m_ll_closes_with_resonance_coordinates(tmp_path: Path) -> Non
 
     Object coordinates (pt, η, φ) of each lepton gave χ²/ndf = 10.6 for m_ℓℓ with the same card,
     data and seeds (development run; docs/unfolding.md)."""
-    run = ROOT / "cards/runs/drell_yan_demo.yaml"
-    sim, data = tmp_path / "sim.root", tmp_path / "data.root"
-    _cli("generate", run, "-n", 60000, "-o", sim, "--seed", 1)
-    _cli("generate", run, "-n", 12000, "-o", data, "--seed", 101)
-    card = tmp_path / "card.yaml"
-    card.write_text(
-        "kind: model\nname: dy_resonances\nmodel: cinn\n"
-        "encoding: {max_jets: 4, max_leptons: 2, parton_coordinates: resonances}\n"
-        "flow: {transforms: 4, bins: 8, hidden: [64, 64]}\n"
-        "condition: {embed: 32, hidden: [64], context: 16}\n"
-        "training: {epochs: 20, batch_size: 256, lr: 0.002, patience: 0, seed: 1}\n"
-    )
-    model = tmp_path / "model"
-    _cli("train", card, "--data", sim, "-o", model)
+    summary, model = generate_train_unfold(tmp_path, "drell_yan_demo.yaml", 60000, 12000, CARD,
+                                           100)
     enc = load_model(model).model.parton_encoding
     assert isinstance(enc, ResonanceEncoding) and enc.tree == [[0, 1]] and enc.fixed_pt
-    out = tmp_path / "unfold"
-    _cli("unfold", data, "--model", model, "-n", 100, "-o", out, "--no-plots")
-    summary = json.loads((out / "summary.json").read_text())
     m_ll = summary["closure"]["m_ll"]
     assert m_ll["ndf"] >= 20
     assert m_ll["chi2_ndf"] < 1.5
