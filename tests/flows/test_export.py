@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from unfoldmem.cards.model import ConditionConfig, FlowConfig, TransferConfig
+from unfoldmem.cards.model import ConditionConfig, EncodingConfig, FlowConfig, TransferConfig
 from unfoldmem.flows.cinn import CINN
 from unfoldmem.flows.export import (
     CINNSampler,
@@ -141,13 +142,40 @@ def test_export_rejects_unknown_format_and_dtype(tmp_path):
         export_model(model, tmp_path, dtype="float16")
 
 
+def _tree_cinn(objs: torch.Tensor, reco: torch.Tensor, mask: torch.Tensor, coordinates: str,
+               pdg: list[int]) -> CINN:
+    """A tiny float64 cINN with decay-tree parton coordinates (``resonances`` or ``onshell``)."""
+    torch.manual_seed(0)
+    return CINN.from_data(objs, reco, mask, flow=FlowConfig(transforms=2, hidden=[8]),
+                          condition=ConditionConfig(embed=8, hidden=[8], context=4,
+                                                    attention_layers=0),
+                          encoding=EncodingConfig(parton_coordinates=coordinates),
+                          pdg=pdg).double().eval()
+
+
+def _torchscript_only(model: CINN, tmp_path: Path, reco: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+    """ONNX is refused with a clear error; the TorchScript graph equals the eager sampler
+    (1e-10 on 9 events, and the manifest's own check < TOL). Returns the graph's samples."""
+    with pytest.raises(ValueError, match="resonance coordinates"):
+        export_model(model, tmp_path, "onnx", "float64")
+    manifest = export_model(model, tmp_path, "torchscript", "float64")
+    assert manifest["max_abs_dev"] < TOL
+    graph = torch.jit.load(tmp_path / "cinn_sampler.pt")
+    z = torch.randn(9, CINNSampler(model).n_features, dtype=torch.float64)
+    with torch.no_grad():
+        out = graph(reco[:9], mask[:9], z)
+        ref = CINNSampler(model)(reco[:9], mask[:9], z)
+    assert torch.allclose(out, ref, atol=1e-10)
+    return out
+
+
 def test_resonance_cinn_exports_to_torchscript(tmp_path):
     """Reference: the torch sampler with the total pT at its LO value 0. A cINN in resonance
     coordinates (Z -> mu mu) exports as TorchScript; its graph reproduces the partons exactly
     and conserves the (zero) total transverse momentum."""
     import math
 
-    from unfoldmem.cards.model import EncodingConfig
     from unfoldmem.physics import lorentz
 
     g = torch.Generator().manual_seed(0)
@@ -168,21 +196,9 @@ def test_resonance_cinn_exports_to_torchscript(tmp_path):
     reco[:, 1:, 6] = 1.0
     reco[:, 0, 0] = 5.0
     mask = torch.ones(n, 3, dtype=torch.bool)
-    torch.manual_seed(0)
-    model = CINN.from_data(objs, reco, mask, flow=FlowConfig(transforms=2, hidden=[8]),
-                           condition=ConditionConfig(embed=8, hidden=[8], context=4,
-                                                     attention_layers=0),
-                           encoding=EncodingConfig(parton_coordinates="resonances"),
-                           pdg=[13, -13]).double().eval()
+    model = _tree_cinn(objs, reco, mask, "resonances", [13, -13])
     assert type(model.parton_encoding).__name__ == "ResonanceEncoding"
-    with pytest.raises(ValueError, match="resonance coordinates"):
-        export_model(model, tmp_path, "onnx", "float64")
-    manifest = export_model(model, tmp_path, "torchscript", "float64")
-    assert manifest["max_abs_dev"] < TOL
-    graph = torch.jit.load(tmp_path / "cinn_sampler.pt")
-    z = torch.randn(9, CINNSampler(model).n_features, dtype=torch.float64)
-    with torch.no_grad():
-        out = graph(reco[:9], mask[:9], z)
+    out = _torchscript_only(model, tmp_path, reco, mask)
     total = lorentz.from_ptetaphim(out).sum(1)
     assert float(lorentz.pt(total).max()) < 1e-9
 
@@ -228,7 +244,6 @@ def test_onshell_cinn_exports_to_torchscript(tmp_path, kick):
     top; or all bottom-up for kicked events) exports as TorchScript and reproduces the partons;
     ONNX is refused as for resonance coordinates."""
     from tests.flows.test_parametrization import ttbar_partons
-    from unfoldmem.cards.model import EncodingConfig
     from unfoldmem.physics import lorentz
 
     objs = ttbar_partons(96, 11, kick)
@@ -239,23 +254,9 @@ def test_onshell_cinn_exports_to_torchscript(tmp_path, kick):
     reco[..., 6] = 3.0
     reco[:, 1, 6] = 1.0
     mask = torch.ones(n, 6, dtype=torch.bool)
-    torch.manual_seed(0)
-    model = CINN.from_data(objs, reco, mask, flow=FlowConfig(transforms=2, hidden=[8]),
-                           condition=ConditionConfig(embed=8, hidden=[8], context=4,
-                                                     attention_layers=0),
-                           encoding=EncodingConfig(parton_coordinates="onshell"),
-                           pdg=[5, -13, 14, -5, 1, -2]).double().eval()
+    model = _tree_cinn(objs, reco, mask, "onshell", [5, -13, 14, -5, 1, -2])
     assert type(model.parton_encoding).__name__ == "OnShellEncoding"
     assert model.parton_encoding.fixed_pt is not kick
-    with pytest.raises(ValueError, match="resonance coordinates"):
-        export_model(model, tmp_path, "onnx", "float64")
-    manifest = export_model(model, tmp_path, "torchscript", "float64")
-    assert manifest["max_abs_dev"] < TOL
-    graph = torch.jit.load(tmp_path / "cinn_sampler.pt")
-    z = torch.randn(9, CINNSampler(model).n_features, dtype=torch.float64)
-    with torch.no_grad():
-        out = graph(reco[:9], mask[:9], z)
-        ref = CINNSampler(model)(reco[:9], mask[:9], z)
-    assert torch.allclose(out, ref, atol=1e-10)
+    out = _torchscript_only(model, tmp_path, reco, mask)
     if not kick:
         assert float(lorentz.pt(lorentz.from_ptetaphim(out).sum(1)).max()) < 1e-9
