@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from unfoldmem.flows.encoding import weighted_mean_std
+from unfoldmem.flows.encoding import StandardisedEncoding, weighted_mean_std
 from unfoldmem.physics import lorentz
 
 __all__ = [
@@ -219,7 +219,7 @@ def invisible_slots(pdg: Sequence[int]) -> list[int]:
     return [i for i, p in enumerate(pdg) if abs(int(p)) in _NEUTRINOS]
 
 
-class DecayTreeEncoding(nn.Module):
+class DecayTreeEncoding(StandardisedEncoding):
     """What the decay-tree parton encodings share: sizes, the tree, and the standardised
     forward map built from a subclass's ``_raw(v) -> (raw features, log|det|)``.
 
@@ -290,29 +290,13 @@ class DecayTreeEncoding(nn.Module):
             "std": self.std.tolist(),
         }
 
-    def _raw(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
-
-    @property
-    def n_objects(self) -> int:
-        """Number of partons encoded."""
-        return int(self.free_mass.shape[0])
-
-    @property
-    def n_features(self) -> int:
-        """Length of the feature vector."""
-        return int(self.mean.shape[0])
+    def _objects(self, mom: dict[int, Tensor], m_leaf: Tensor) -> Tensor:
+        """Decoded four-momenta {slot: (..., 4)} -> (..., k, 4) (pt, eta, phi, m) with each
+        parton's mass ``m_leaf`` (..., k) as encoded (not re-derived from E² − p²)."""
+        v = lorentz.to_ptetaphim(torch.stack([mom[i] for i in range(self.n_objects)], -2))
+        return torch.cat([v[..., :3], m_leaf[..., None]], -1)
 
     @property
     def tree(self) -> list[Any]:
         """The roots as nested lists of slot indices."""
         return [nest_tree(self.nodes, r) for r in self.roots]
-
-    def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Encode partons (..., k, 4) -> features (..., D) float64 and log|det ∂x/∂v| (...)."""
-        raw, ladj = self._raw(v)
-        return (raw - self.mean) / self.std, ladj - self.std.log().sum()
-
-    def log_abs_det_jacobian(self, v: Tensor) -> Tensor:
-        """log|det dx/dv| of :meth:`forward`; (..., k, 4) -> (...)."""
-        return self.forward(v)[1]

@@ -53,6 +53,7 @@ __all__ = [
     "RECO_TYPES",
     "ObjectEncoding",
     "RecoEncoding",
+    "StandardisedEncoding",
     "register_standardisation",
     "weighted_mean_std",
     "pad_reco",
@@ -119,7 +120,42 @@ def log_jacobian_fourvector(v: Tensor) -> Tensor:
     return 2 * torch.log(pt) + torch.log(torch.cosh(eta)) + torch.log(m.abs()) - torch.log(energy)
 
 
-class ObjectEncoding(nn.Module):
+class StandardisedEncoding(nn.Module):
+    r"""Base of the parton encodings: a subclass's ``_raw(v) -> (raw features, log|det|)``
+    standardised with the ``mean``/``std`` buffers, sized by the ``free_mass`` (k,) buffer."""
+
+    def _raw(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    @property
+    def n_objects(self) -> int:
+        """Number of partons (objects) encoded."""
+        return int(self.free_mass.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """Length of the feature vector."""
+        return int(self.mean.shape[0])
+
+    def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Encode partons.
+
+        Arguments:
+            v: (..., n_objects, 4) (pt GeV, eta, phi, m GeV).
+
+        Returns:
+            x: (..., n_features) standardised features, float64;
+            ladj: (...) :math:`\log|\det\partial x/\partial v|` over (pt, eta, phi[, free m]).
+        """
+        raw, ladj = self._raw(v)
+        return (raw - self.mean) / self.std, ladj - self.std.log().sum()
+
+    def log_abs_det_jacobian(self, v: Tensor) -> Tensor:
+        """log|det dx/dv| of :meth:`forward`; (..., n_objects, 4) -> (...)."""
+        return self.forward(v)[1]
+
+
+class ObjectEncoding(StandardisedEncoding):
     r"""Bijection between ``n_objects`` objects (pt, eta, phi, m) and standardised features.
 
     Arguments:
@@ -159,16 +195,6 @@ class ObjectEncoding(nn.Module):
         d = 2 * n + int(feta.sum()) + int(free.sum())
         register_standardisation(self, d, mean, std)
 
-    @property
-    def n_objects(self) -> int:
-        """Number of objects encoded."""
-        return int(self.free_mass.shape[0])
-
-    @property
-    def n_features(self) -> int:
-        """Length of the feature vector: 2 per object + 1 per free eta + 1 per free mass."""
-        return int(self.mean.shape[0])
-
     @classmethod
     def fit(
         cls,
@@ -206,23 +232,6 @@ class ObjectEncoding(nn.Module):
         raw = torch.cat([torch.log(pt), eta[..., self.free_eta], torch.atanh(u), torch.log(mf)], -1)
         ladj = (-torch.log(pt) - math.log(math.pi) - torch.log1p(-u * u)).sum(-1)
         return raw, ladj - torch.log(mf).sum(-1)
-
-    def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Encode objects.
-
-        Arguments:
-            v: (..., n_objects, 4) (pt GeV, eta, phi, m GeV).
-
-        Returns:
-            x: (..., n_features) standardised features, float64;
-            ladj: (...) :math:`\log|\det\partial x/\partial v|` over (pt, eta, phi[, m]).
-        """
-        raw, ladj = self._raw(v)
-        return (raw - self.mean) / self.std, ladj - self.std.log().sum()
-
-    def log_abs_det_jacobian(self, v: Tensor) -> Tensor:
-        """log|det dx/dv| of :meth:`forward`; (..., n_objects, 4) -> (...)."""
-        return self.forward(v)[1]
 
     def inverse(self, x: Tensor) -> Tensor:
         """Decode features (..., n_features) -> objects (..., n_objects, 4) float64 (pt, eta, phi, m)."""

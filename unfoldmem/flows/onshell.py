@@ -311,9 +311,7 @@ class OnShellEncoding(DecayTreeEncoding):
                 mt, ey = torch.sqrt(px * px + py * py + m2[b]), torch.exp(y)
                 mom[b] = torch.stack([0.5 * mt * (ey + 1 / ey), px, py, 0.5 * mt * (ey - 1 / ey)],
                                      -1)
-        p = torch.stack([mom[i] for i in range(self.n_objects)], -2)
-        v = lorentz.to_ptetaphim(p)
-        return torch.cat([v[..., :3], m_leaf[..., None]], -1)
+        return self._objects(mom, m_leaf)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON description (tree, layout, statistics); inverse of :meth:`from_dict`."""

@@ -254,9 +254,7 @@ class ResonanceEncoding(DecayTreeEncoding):
             qa = torch.cat([torch.sqrt(ps * ps + mass[a] ** 2)[..., None], d], -1)
             qb = torch.cat([torch.sqrt(ps * ps + mass[b] ** 2)[..., None], -d], -1)
             mom[a], mom[b] = lorentz.boost_frame(qa, big, mj), lorentz.boost_frame(qb, big, mj)
-        p = torch.stack([mom[i] for i in range(self.n_objects)], -2)
-        v = lorentz.to_ptetaphim(p)
-        return torch.cat([v[..., :3], m_leaf[..., None]], -1)
+        return self._objects(mom, m_leaf)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON description (tree, layout, statistics); inverse of :meth:`from_dict`."""
