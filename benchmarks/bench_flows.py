@@ -1,21 +1,21 @@
 r"""Benchmark of the flows: cINN sampling rate, training throughput, zuko's stock NSF as the peer.
 
-Prints one JSON line per figure. The cINN has the tt̄ semileptonic shape (6 partons, 18
-features, up to 11 reco slots) with a mid-size architecture (6 couplings, 2×128 hidden, changed
-with ``--transforms`` / ``--hidden``). ``cinn_sampling_rate`` is :meth:`CINN.sample_partons`'s
-path: the condition network once per event, then all samples × events through
-:meth:`CouplingNSF.sample_many` in one batched pass (float32). Peers in the same process: the same
-flow sampled the stock zuko way (``model(reco, mask).sample((n,))``) and
-``zuko.flows.NSF(18, context, transforms=6, passes=2, hidden_features=[128, 128])``.
-``cpu_time_rate`` is the same figure per process CPU second and ``load`` the 1-minute load
-average: on a shared machine the wall-clock rate with ``--threads 2`` mostly measures the load.
-With T threads the sampler runs its row chunks on T single-threaded workers.
-``cinn_sampling_rate_small`` is the same for 6 couplings of 2×64 hidden units and 8 bins, the
-architecture of the calibration closure (tests/flows/test_cinn.py): the 2×128 flow is
-matrix-product bound at ≈ 0.6 MFLOP per sample, ~7e4 samples/s per core on this AVX2 CPU.
+Prints one JSON line per figure. The events have the tt̄ semileptonic shape (6 partons, 18
+features, up to 11 reco slots). ``cinn_sampling_rate`` is the flow of the shipped cINN card
+(``--card``, default ``cards/models/cinn_drell_yan.yaml``: 6 couplings of 2×64 hidden units, 8
+bins) on :meth:`CINN.sample_partons`'s path: the condition network once per event, then all
+samples × events through :meth:`CouplingNSF.sample_many` (float32, feature-major, numba SiLU and
+spline loops). Peers in the same process: ``zuko.flows.NSF(18, context, passes=2)`` of the same
+size and the same flow sampled the stock zuko way (``model(reco, mask).sample((n,))``),
+both with a tenth of the samples per event.
+``cinn_sampling_rate_wide`` is the same for 6 couplings of 2×128 and 10 bins (changed with
+``--transforms`` / ``--hidden``; also the training figure's flow), ≈ 0.6 MFLOP per sample and
+matrix-product bound. ``cpu_time_rate`` is a rate per process CPU second and ``load`` the
+1-minute load average: on a shared machine the wall-clock rate with ``--threads 2`` mostly
+measures the load. With T threads the sampler runs its tasks on T single-threaded workers.
 
 Usage: ``.venv/bin/python benchmarks/bench_flows.py [--events 1000] [--samples 100]
-[--threads 2]``
+[--threads 2] [--card cards/models/X.yaml]``
 """
 
 from __future__ import annotations
@@ -25,15 +25,19 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 
 import torch
 import zuko
 
+from unfoldmem.cards import load_card
 from unfoldmem.cards.model import ConditionConfig, FlowConfig, TrainingConfig
 from unfoldmem.flows.cinn import CINN
 from unfoldmem.flows.training import train
 
 __all__ = ["main"]
+
+CARD = Path(__file__).resolve().parents[1] / "cards" / "models" / "cinn_drell_yan.yaml"
 
 
 def _events(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,51 +82,57 @@ def main() -> None:
     ap.add_argument("--transforms", type=int, default=6)
     ap.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--card", type=Path, default=CARD, help="model card of the headline cINN")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    card = load_card(args.card, kind="model")
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     partons, reco, mask = _events(max(args.events, 2000), g)
     flow = FlowConfig(transforms=args.transforms, hidden=args.hidden, bins=10)
     cond = ConditionConfig(embed=64, hidden=[64, 64], context=32)
-    model = CINN.from_data(partons, reco, mask, flow=flow, condition=cond).eval()
     rb, mb = reco[: args.events], mask[: args.events]
-    n = args.samples * args.events
+    n, nev = args.samples * args.events, rb.shape[0]
+    k = max(1, args.samples // 10)  # the slow peers draw a tenth of the samples
+    rates: dict[str, dict] = {}
     with torch.inference_mode():
-        fast = lambda: model.flow.sample_many(args.samples, model.context(rb, mb))  # noqa: E731
-        rate = _rate(fast, n, 3)
-        stock = _rate(lambda: model(rb, mb).sample((args.samples,)), n, 2)
-        phys = _rate(lambda: model.sample_partons(args.samples, rb, mb), n, 2)
-        d = model.parton_encoding.n_features
-        peer = zuko.flows.NSF(d, cond.context, bins=10, transforms=args.transforms, passes=2,
-                              hidden_features=args.hidden)
-        ctx = model.context(rb, mb)
-        peer_rate = _rate(lambda: peer(ctx).sample((args.samples,)), n, 2)
-        small = CINN.from_data(partons, reco, mask, condition=cond,
-                               flow=FlowConfig(transforms=6, hidden=[64, 64], bins=8)).eval()
-        fast_small = lambda: small.flow.sample_many(args.samples, small.context(rb, mb))  # noqa: E731
-        rate_small = _rate(fast_small, n, 3)
+        for key, fcfg, ccfg in (("card", card.flow, card.condition), ("wide", flow, cond)):
+            model = CINN.from_data(partons, reco, mask, flow=fcfg, condition=ccfg).eval()
+            d = model.parton_encoding.n_features
+            fast = lambda m=model: m.flow.sample_many(args.samples, m.context(rb, mb))  # noqa: E731
+            ctx = model.context(rb, mb)
+            peer = zuko.flows.NSF(d, ccfg.context, bins=fcfg.bins, transforms=fcfg.transforms,
+                                  passes=2, hidden_features=list(fcfg.hidden))
+            r = rates[key] = {"rate": _rate(fast, n, 3), "cpu": _CPU[fast], "d": d,
+                              "peer": _rate(lambda p=peer, c=ctx: p(c).sample((k,)), k * nev, 1),
+                              "arch": f"{fcfg.transforms}x{list(fcfg.hidden)}, {fcfg.bins} bins"}
+            if key == "card":  # the stock path and the decoding of the headline flow
+                r["stock"] = _rate(lambda m=model: m(rb, mb).sample((k,)), k * nev, 1)
+                r["phys"] = _rate(lambda m=model: m.sample_partons(args.samples, rb, mb), n, 2)
     threads = torch.get_num_threads()
-    arch = f"{args.transforms}x{args.hidden}"
-    print(json.dumps({"figure": "cinn_sampling_rate", "value": rate, "unit": "samples/s",
-                      "baseline": "zuko.flows.NSF(passes=2) same size", "baseline_value": peer_rate,
-                      "ratio": rate / peer_rate, "threads": threads, "target": 2e5,
-                      "features": d, "architecture": arch, "cpu_time_rate": _CPU[fast],
+    c, w = rates["card"], rates["wide"]
+    print(json.dumps({"figure": "cinn_sampling_rate", "value": c["rate"], "unit": "samples/s",
+                      "baseline": "zuko.flows.NSF(passes=2) same size",
+                      "baseline_value": c["peer"], "ratio": c["rate"] / c["peer"],
+                      "threads": threads, "target": 2e5, "features": c["d"],
+                      "architecture": f"{card.name} card: {c['arch']}",
+                      "cpu_time_rate": c["cpu"], "load": os.getloadavg()[0]}))
+    print(json.dumps({"figure": "cinn_sampling_rate_vs_stock", "value": c["rate"],
+                      "unit": "samples/s", "baseline": "same cINN, model(reco, mask).sample((n,))",
+                      "baseline_value": c["stock"], "ratio": c["rate"] / c["stock"],
+                      "threads": threads}))
+    print(json.dumps({"figure": "cinn_sampling_rate_physical", "value": c["phys"],
+                      "unit": "samples/s", "baseline": "cinn_sampling_rate (encoded)",
+                      "baseline_value": c["rate"], "ratio": c["phys"] / c["rate"],
+                      "threads": threads}))
+    print(json.dumps({"figure": "cinn_sampling_rate_wide", "value": w["rate"], "unit": "samples/s",
+                      "baseline": "zuko.flows.NSF(passes=2) same size",
+                      "baseline_value": w["peer"], "ratio": w["rate"] / w["peer"],
+                      "threads": threads, "architecture": w["arch"], "cpu_time_rate": w["cpu"],
                       "load": os.getloadavg()[0]}))
-    print(json.dumps({"figure": "cinn_sampling_rate_small", "value": rate_small,
-                      "unit": "samples/s", "baseline": "cinn_sampling_rate (6x[128, 128], 10 bins)",
-                      "baseline_value": rate, "ratio": rate_small / rate, "threads": threads,
-                      "target": 2e5, "architecture": "6x[64, 64], 8 bins",
-                      "cpu_time_rate": _CPU[fast_small], "load": os.getloadavg()[0]}))
-    print(json.dumps({"figure": "cinn_sampling_rate_vs_stock", "value": rate, "unit": "samples/s",
-                      "baseline": "same cINN, model(reco, mask).sample((n,))",
-                      "baseline_value": stock, "ratio": rate / stock, "threads": threads}))
-    print(json.dumps({"figure": "cinn_sampling_rate_physical", "value": phys, "unit": "samples/s",
-                      "baseline": "cinn_sampling_rate (encoded)", "baseline_value": rate,
-                      "ratio": phys / rate, "threads": threads}))
 
-    nt = args.train_events
+    nt, d = args.train_events, w["d"]
     tp, tr, tm = _events(nt, g)
     tmodel = CINN.from_data(tp, tr, tm, flow=flow, condition=cond)
     data = tmodel.prepare(tp, tr, tm)

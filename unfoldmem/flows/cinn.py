@@ -51,7 +51,7 @@ from zuko.utils import unpack
 from unfoldmem.cards.model import ConditionConfig, EncodingConfig, FlowConfig
 from unfoldmem.flows.encoding import ObjectEncoding, RecoEncoding
 from unfoldmem.flows.parametrization import ResonanceEncoding, decay_tree, narrow_tree
-from unfoldmem.flows.spline import spline_constants, spline_rows_inverse
+from unfoldmem.flows.spline import silu_, spline_cols_inverse, spline_constants
 
 __all__ = ["CouplingNSF", "ConditionNet", "CINN"]
 
@@ -122,90 +122,92 @@ class CouplingNSF(Flow):
 
         Equals ``self(context).transform.inv(z)`` (tested); what depends on the context alone
         is computed once per event: the element-wise affine map and each coupling's
-        :math:`W [x_a; c] + b = W_a x_a + (W_c c + b)`. Rows go in chunks of ~``chunk`` into
-        reused buffers; on the CPU each spline is one numba loop (:mod:`~unfoldmem.flows.spline`)
-        and with T = ``torch.get_num_threads()`` > 1 the chunks go to T single-threaded workers
-        (the GIL is released): no barrier inside a chunk, and the result does not depend on T.
+        :math:`W [x_a; c] + b = W_a x_a + (W_c c + b)`. Tasks of ~``chunk`` draws (whole
+        events, or blocks of ``chunk`` events) run feature-major, (D, rows), in reused buffers,
+        so the hyper-networks are matrix products :math:`W h` and, on the CPU, the SiLUs and
+        splines are column loops compiled to SIMD code (:mod:`~unfoldmem.flows.spline`). With
+        T = ``torch.get_num_threads()`` > 1 the tasks go to T single-threaded workers (the
+        GIL is released): no barrier inside a task, and the result does not depend on T.
         """
         n_s, d = z.shape[0], z.shape[-1]
         lead = context.shape[:-1]
         context = context.reshape(lead.numel(), context.shape[-1])
         z = z.reshape(n_s, -1, d)
         b_ev = z.shape[1]
-        per = max(1, chunk // max(1, b_ev))
-        steps = self._plan(context, per, z.is_cpu)
+        eb = max(1, min(b_ev, chunk))  # events per task
+        per = max(1, chunk // eb)  # samples per task
+        cpu = z.is_cpu and z.dtype in (torch.float32, torch.float64)
+        steps = [[s(context[e : e + eb]) for e in range(0, b_ev, eb)] if isinstance(s, nn.Module)
+                 else s for s in self._plan(context, per, cpu)]  # a transform per event block
         cst = spline_constants(self.slope, 5.0, z.dtype)
+        act = silu_ if cpu else partial(F.silu, inplace=True)
         out = torch.empty_like(z)
 
         local, inference = threading.local(), torch.is_inference_mode_enabled()
 
         def buf(name: object, rows: int, cols: int) -> Tensor:  # a worker's buffer, reused
-            if (name, cols) not in local.__dict__:
-                local.__dict__[name, cols] = z.new_empty(per * b_ev, cols)
-            return local.__dict__[name, cols][:rows]
+            if (name, rows) not in local.__dict__:
+                local.__dict__[name, rows] = z.new_empty(rows * per * eb)
+            return local.__dict__[name, rows][: rows * cols].view(rows, cols)
 
-        def run(lo: int) -> None:
+        def run(task: tuple[int, int]) -> None:
             # grad and inference modes are per thread: a worker takes the caller's
             with torch.inference_mode() if inference else torch.no_grad():
-                m = min(per, n_s - lo)
-                rows = m * b_ev
-                x = buf("x", rows, d)
-                x.copy_(z[lo : lo + m].reshape(rows, d))
+                s0, e0 = task
+                m, ne = min(per, n_s - s0), min(eb, b_ev - e0)
+                rows = m * ne
+                x = buf("x", d, rows)
+                x.view(d, m, ne).copy_(z[s0 : s0 + m, e0 : e0 + ne].permute(2, 0, 1))
                 for step in steps:
-                    if not isinstance(step, tuple):
-                        x = step.inv(x.view(m, b_ev, d)).reshape(rows, d)
+                    if isinstance(step, list):  # a zuko transform per event block
+                        y = step[e0 // eb].inv(x.view(d, m, ne).permute(1, 2, 0))
+                        x.view(d, m, ne).copy_(y.permute(2, 0, 1))
                         continue
                     w_in, idx_a, h_c, mid, w_out, b_out, idx_b, layer = step
-                    xa = torch.index_select(x, 1, idx_a, out=buf("a", rows, idx_a.numel()))
-                    h = torch.addmm(h_c[:rows], xa, w_in, out=buf(0, rows, w_in.shape[1]))
+                    xa = torch.index_select(x, 0, idx_a, out=buf("a", idx_a.numel(), rows))
+                    # h_c's columns: the block's events (m = 1), or all events m times (e0 = 0)
+                    h = torch.addmm(h_c[:, e0 : e0 + rows], w_in, xa, out=buf(0, w_in.shape[0], rows))
                     for j, (w, b) in enumerate(mid):
-                        h = torch.addmm(b, F.silu(h, inplace=True), w,
-                                        out=buf((j + 1) % 2, rows, w.shape[1]))
-                    p = torch.addmm(b_out, F.silu(h, inplace=True), w_out,
-                                    out=buf("p", rows, w_out.shape[1]))
+                        h = torch.addmm(b, w, act(h), out=buf((j + 1) % 2, w.shape[0], rows))
+                    p = torch.addmm(b_out, w_out, act(h), out=buf("p", w_out.shape[0], rows))
                     if layer is None:
-                        spline_rows_inverse(p, x, idx_b, self.bins, cst)
+                        spline_cols_inverse(p, x, idx_b, self.bins, cst)
                     else:  # not on the CPU: zuko's spline
-                        phi = unpack(p.unflatten(-1, (-1, layer.total)), layer.shapes)
-                        x[:, idx_b] = layer.univariate(*phi).inv(x[:, idx_b])
-                out[lo : lo + m] = x.view(m, b_ev, d)
+                        phi = unpack(p.t().unflatten(-1, (-1, layer.total)), layer.shapes)
+                        x[idx_b] = layer.univariate(*phi).inv(x[idx_b].t()).t()
+                out[s0 : s0 + m, e0 : e0 + ne] = x.view(d, m, ne).permute(1, 2, 0)
 
-        starts = range(0, n_s, per)
-        workers = min(torch.get_num_threads(), len(starts)) if z.is_cpu else 1
+        tasks = [(s0, e0) for e0 in range(0, b_ev, eb) for s0 in range(0, n_s, per)]
+        workers = min(torch.get_num_threads(), len(tasks)) if z.is_cpu else 1
         if workers <= 1:
-            for lo in starts:
-                run(lo)
+            for task in tasks:
+                run(task)
         else:
-            list(_pool(workers).map(run, starts))
+            list(_pool(workers).map(run, tasks))
         return out.reshape(n_s, *lead, d)
 
     def _plan(self, context: Tensor, per: int, cpu: bool) -> list:
-        """Per layer, inverse order: a zuko transform of the context, or the coupling's parts."""
+        """Per layer, inverse order: the lazy zuko transform, or the coupling's parts
+        feature-major, with the context part of the first layer's pre-activation, (hidden, B),
+        repeated ``per`` times along the columns."""
         steps: list = []
-        k = self.bins
         for layer in reversed(self.transform.transforms):
             mods = list(getattr(layer, "hyper", []))
             lins, acts = mods[0::2], mods[1::2]
             if not isinstance(layer, GeneralCouplingTransform) or len(lins) < 2 or not all(
                 isinstance(a, nn.SiLU) for a in acts
             ):
-                steps.append(layer(context))
+                steps.append(layer)
                 continue
             idx_a, idx_b = layer.mask.nonzero()[:, 0], (~layer.mask).nonzero()[:, 0]
             first, last = lins[0], lins[-1]
             na = idx_a.numel()
-            h_c = F.linear(context, first.weight[:, na:], first.bias).repeat(per, 1)
-            mid = [(lin.weight.t(), lin.bias) for lin in lins[1:-1]]
-            w_out, b_out = last.weight, last.bias
-            if cpu:  # rows [widths, heights of each feature | derivatives of each feature]
-                r = torch.arange(w_out.shape[0], device=w_out.device).view(idx_b.numel(), -1)
-                perm = torch.cat([r[:, : 2 * k].reshape(-1), r[:, 2 * k :].reshape(-1)])
-                # zero rows up to a multiple of 16: MKL's AVX2 kernels are ~30 % faster then
-                pad = -perm.numel() % 16
-                w_out = torch.cat([w_out[perm], w_out.new_zeros(pad, w_out.shape[1])])
-                b_out = torch.cat([b_out[perm], b_out.new_zeros(pad)])
-            steps.append((first.weight[:, :na].t().contiguous(), idx_a, h_c, mid,
-                          w_out.t().contiguous(), b_out, idx_b, None if cpu else layer))
+            h_c = F.linear(context, first.weight[:, na:], first.bias).t().repeat(1, per)
+            # zuko's order of the output rows (widths, heights, derivatives of each feature) is
+            # the kernel's: no permutation
+            mid = [(lin.weight, lin.bias[:, None]) for lin in lins[1:-1]]
+            steps.append((first.weight[:, :na].contiguous(), idx_a, h_c, mid, last.weight,
+                          last.bias[:, None], idx_b, None if cpu else layer))
         return steps
 
 
@@ -214,14 +216,21 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     key = (os.getpid(), workers)
     if key not in _POOLS:
         threads = torch.get_num_threads()
-        # torch.set_num_threads sets the calling thread's OpenMP/MKL count (and the default of
-        # threads created later): 1 in each worker, the caller's own count restored after.
+        # torch.set_num_threads sets the calling thread's OpenMP/MKL count and the global
+        # default, which ATen copies into a thread at its first parallel op: get_num_threads
+        # does that now, while the default is 1. (Without it each worker's GEMMs ran 2 OpenMP
+        # threads once the caller's count was restored: 4 spinning threads on 2 cores.)
         _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="unfoldmem-sample",
-                                         initializer=torch.set_num_threads, initargs=(1,))
+                                         initializer=_single_threaded)
         barrier = threading.Barrier(workers)  # start them all now, while the count is 1
         list(_POOLS[key].map(lambda _: barrier.wait(), range(workers)))
         torch.set_num_threads(threads)
     return _POOLS[key]
+
+
+def _single_threaded() -> None:
+    torch.set_num_threads(1)
+    torch.get_num_threads()
 
 
 def _phi_coordinate(cos: Tensor, sin: Tensor) -> Tensor:

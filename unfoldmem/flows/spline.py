@@ -1,14 +1,18 @@
-r"""Fused inverse of zuko's monotonic rational-quadratic spline, one numba loop per row.
+r"""Fused inverse of zuko's monotonic rational-quadratic spline and SiLU, numba loops over columns.
 
 zuko builds a ``MonotonicRQSTransform`` object per call (softmax, cumsum, pad, gathers: ~40 tensor
-passes); sampling needs only the inverse, so one compiled loop per row does it: the bounded bin
-logits are exponentiated in a vectorised pass (a polynomial exp in float32), then per feature the
-bin search and the root of the quadratic, with the exps of only the two knot derivatives at the
-ends of the bin found.
+passes); sampling needs only the inverse. Here a coupling's hyper-network output is laid out
+feature-major, ``(F (3K - 1), N)`` (one row per spline parameter, one column per sample), so every
+pass of the kernel runs over contiguous columns and compiles to SIMD code: the bounded bin logits'
+exps and their running sums (the knots), the bin index by counting knots below y, a gather of the
+bin's knots and end derivatives, then the root of the quadratic. In float32 the exp is a
+vectorisable Cody–Waite reduction with a degree-7 polynomial (within 1.3 ulp of the exact exp,
+tested), which also makes :func:`silu_` ~2× faster than torch's.
 
 References:
     | Neural Spline Flows (Durkan et al., 2019) https://arxiv.org/abs/1906.04032
     | zuko.transforms.MonotonicRQSTransform (the parametrisation and bounds reproduced here)
+    | W. J. Cody, W. Waite, Software Manual for the Elementary Functions (1980): exp's reduction
 """
 
 from __future__ import annotations
@@ -18,131 +22,168 @@ import math
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
 from torch import Tensor
 
-__all__ = ["rqs_inverse", "spline_constants", "spline_rows_inverse"]
+__all__ = ["rqs_inverse", "silu_", "spline_cols_inverse", "spline_constants"]
 
 # Fast math may reorder sums (float rounding only); no "nnan"/"ninf": |y| >= B must stay exact.
 _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+_BLOCK = 256  # columns per pass: the block's knots (2 (K + 1) rows) stay in L1
+_L2E, _LN2_HI, _LN2_LO = np.float32(1 / math.log(2)), np.float32(0.693359375), np.float32(-2.12194440e-4)
+_TAYLOR = tuple(np.float32(1 / math.factorial(k)) for k in range(8))
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy", inline="always")
-def _exp(v: float, cst: np.ndarray, fast: bool, wide: bool) -> float:  # pragma: no cover - compiled
-    # exp(v) as exp(v/8)^8 for |v| < 3.6 (wide: exp(v/16)^16 for |v| < 7.2) with a degree-8 Taylor
-    # polynomial at |v/8| < 0.45: relative error < 1e-6 (wide: 2e-6) in float32 (tested),
-    # vectorisable and without a libm call.
-    if not fast:
-        return math.exp(v)
-    one = cst[1]
-    u = v * (cst[16] if wide else cst[2])
-    e = one + u * (one + u * cst[3] * (one + u * cst[4] * (one + u * cst[5] * (one + u * cst[6] * (
-        one + u * cst[7] * (one + u * cst[8] * (one + u * cst[9])))))))
-    e = e * e
-    e = e * e
-    e = e * e
-    return e * e if wide else e
+@intrinsic
+def _bits_float32(typingctx, bits):  # pragma: no cover - compile time
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+def _exp(v: float) -> float:
+    """exp in the kernels: float32 by :func:`_expf`, float64 by libm."""
+    return math.exp(v)
+
+
+@numba.njit(fastmath={"nsz", "contract"}, error_model="numpy")
+def _expf(v: float) -> float:  # pragma: no cover - compiled
+    # v = n ln 2 + r with |r| <= ln2 / 2 (ln 2 split in two so n ln 2 is exact), e^r by its Taylor
+    # polynomial (truncation 5e-9), 2^n from the exponent bits; branch-free, so it vectorises.
+    # No reassociation here: it would undo the split.
+    c = _TAYLOR
+    v = min(max(v, np.float32(-87.0)), np.float32(87.0))
+    n = np.floor(v * _L2E + np.float32(0.5))
+    r = (v - n * _LN2_HI) - n * _LN2_LO
+    p = c[0] + r * (c[1] + r * (c[2] + r * (c[3] + r * (c[4] + r * (c[5] + r * (c[6] + r * c[7]))))))
+    return p * _bits_float32((np.int32(n) + np.int32(127)) << np.int32(23))
+
+
+@overload(_exp)
+def _exp_impl(v):  # pragma: no cover - compile time
+    if v == types.float32:
+        return lambda v: _expf(v)
+    return lambda v: math.exp(v)
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"nsz", "contract"}, error_model="numpy")
+def _silu(h: np.ndarray) -> None:  # pragma: no cover - compiled
+    one = h.dtype.type(1)
+    for i in range(h.shape[0]):
+        v = h[i]
+        h[i] = v / (one + _exp(-v))
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy")
-def _bin_exps(src: np.ndarray, dst: np.ndarray, cst: np.ndarray, fast: bool) -> None:  # pragma: no cover
-    # zuko bounds a bin logit v by v / (1 + |2 v / log slope|) before its softmax
-    c, one = cst[0], cst[1]
-    for j in range(dst.shape[0]):
-        v = src[j]
-        dst[j] = _exp(v / (one + abs(v) * c), cst, fast, False)
-
-
-@numba.njit(nogil=True, cache=True, fastmath={"nsz", "arcp", "contract"}, error_model="numpy")
-def _spline_rows(
-    p: np.ndarray, x: np.ndarray, cols: np.ndarray, bins: int, cst: np.ndarray, fast: bool
+def _spline_cols(
+    p: np.ndarray, x: np.ndarray, cols: np.ndarray, bins: int, cst: np.ndarray
 ) -> None:  # pragma: no cover - compiled
-    # In place x[r, cols[i]] <- inverse of zuko's MonotonicRQSTransform (bound B) with row r of
-    # p laid out [widths_i (K), heights_i (K) for each i | derivatives_i (K - 1) for each i].
-    f = cols.shape[0]
-    m = 2 * bins * f
-    e = np.empty(m, dtype=x.dtype)
-    one, dc, b, zero, half, two, four = cst[1], cst[10], cst[11], cst[12], cst[13], cst[14], cst[15]
-    for r in range(x.shape[0]):
-        row = p[r]
-        _bin_exps(row[:m], e, cst, fast)
+    # In place x[cols[i], r] <- inverse of zuko's MonotonicRQSTransform (bound B) of column r,
+    # with feature i's parameters in rows i (3K - 1) + [widths (K), heights (K), derivatives (K-1)].
+    n, f = x.shape[1], cols.shape[0]
+    dt, blk = x.dtype, _BLOCK
+    # knots before normalising, cumulative exps, (K + 1) rows of blk (row 0 is 0), flat so that
+    # the gathers below index them without numba's negative-index wrap-around
+    cw = np.zeros((bins + 1) * blk, dt)
+    ch = np.zeros((bins + 1) * blk, dt)
+    t = np.empty(blk, dt)
+    kk = np.empty(blk, np.int32)
+    g = np.empty((6, blk), dt)  # the bin's knots (y0, y1, x0, x1) and end-derivative logits
+    c, one, dc, b, zero, half, two, four = cst[0], cst[1], cst[2], cst[3], cst[4], cst[5], cst[6], cst[7]
+    hb = half / b
+    pf = p.ravel()
+    for r0 in range(0, n, blk):
+        m = min(blk, n - r0)
         for i in range(f):
-            y = x[r, cols[i]]
-            if not (-b < y < b):  # identity outside [-B, B], as zuko
-                continue
-            q = i * 2 * bins
-            sw = zero
-            sh = zero
-            for j in range(bins):
-                sw += e[q + j]
-                sh += e[q + bins + j]
-            target = (y + b) * (half / b) * sh  # y's knot coordinate before normalising
-            k = 0
-            hk = zero
-            wk = zero
-            while k < bins - 1 and hk + e[q + bins + k] < target:
-                hk += e[q + bins + k]
-                wk += e[q + k]
-                k += 1
-            rh = two * b / sh
-            rw = two * b / sw
-            y0 = hk * rh - b
-            y1 = (hk + e[q + bins + k]) * rh - b
-            x0 = wk * rw - b
-            x1 = (wk + e[q + k]) * rw - b
-            # derivative logits at the bin's ends (zuko pads the outer knots' slopes with 1)
-            o = m + i * (bins - 1) + k
-            u0 = row[o - 1] if k > 0 else zero
-            u1 = row[o] if k < bins - 1 else zero
-            d0 = _exp(u0 / (one + abs(u0) * dc), cst, fast, True) if k > 0 else one
-            d1 = _exp(u1 / (one + abs(u1) * dc), cst, fast, True) if k < bins - 1 else one
-            dy = y1 - y0
-            dx = x1 - x0
-            s = dy / dx
-            yy = y - y0
-            t = d0 + d1 - two * s
-            qa = dy * (s - d0) + yy * t
-            qb = dy * d0 - yy * t
-            qc = -s * yy
-            z = two * qc / (-qb - math.sqrt(qb * qb - four * qa * qc))
-            x[r, cols[i]] = x0 + z * dx
+            q = i * (3 * bins - 1)
+            xr = x[cols[i], r0 : r0 + m]
+            for j in range(bins):  # zuko bounds a bin logit v by v / (1 + |2 v / log slope|)
+                pw, ph = p[q + j, r0 : r0 + m], p[q + bins + j, r0 : r0 + m]
+                w0, w1 = cw[j * blk : j * blk + m], cw[(j + 1) * blk : (j + 1) * blk + m]
+                h0, h1 = ch[j * blk : j * blk + m], ch[(j + 1) * blk : (j + 1) * blk + m]
+                for r in range(m):
+                    v = pw[r]
+                    w1[r] = w0[r] + _exp(v / (one + abs(v) * c))
+                for r in range(m):
+                    v = ph[r]
+                    h1[r] = h0[r] + _exp(v / (one + abs(v) * c))
+            sh, sw = ch[bins * blk : bins * blk + m], cw[bins * blk : bins * blk + m]
+            for r in range(m):
+                t[r] = (xr[r] + b) * hb * sh[r]  # y's knot coordinate before normalising
+                kk[r] = 0
+            for j in range(1, bins):  # bin k: number of inner knots below y
+                hj = ch[j * blk : j * blk + m]
+                for r in range(m):
+                    kk[r] += np.int32(1) if hj[r] < t[r] else np.int32(0)
+            d = (q + 2 * bins - 1) * n + r0  # derivative logit of knot k: pf[d + k n] (0 < k < K)
+            for r in range(m):
+                k = np.int64(kk[r])
+                o = np.uint64(k * blk + r)
+                g[0, r], g[1, r] = ch[o], ch[o + np.uint64(blk)]
+                g[2, r], g[3, r] = cw[o], cw[o + np.uint64(blk)]
+                a0 = pf[np.uint64(d + max(k, 1) * n + r)]
+                a1 = pf[np.uint64(d + min(k + 1, bins - 1) * n + r)]
+                # zuko pads the outer knots' derivative logits with 0 (slope 1)
+                g[4, r] = a0 if k > 0 else zero
+                g[5, r] = a1 if k < bins - 1 else zero
+            for r in range(m):
+                y = xr[r]
+                rh, rw = two * b / sh[r], two * b / sw[r]
+                y0, y1 = g[0, r] * rh - b, g[1, r] * rh - b
+                x0, x1 = g[2, r] * rw - b, g[3, r] * rw - b
+                a0, a1 = g[4, r], g[5, r]
+                d0 = _exp(a0 / (one + abs(a0) * dc))
+                d1 = _exp(a1 / (one + abs(a1) * dc))
+                dy, dx = y1 - y0, x1 - x0
+                s = dy / dx
+                yy = y - y0
+                tt = d0 + d1 - two * s
+                qa = dy * (s - d0) + yy * tt
+                qb = dy * d0 - yy * tt
+                qc = -s * yy
+                z = two * qc / (-qb - math.sqrt(qb * qb - four * qa * qc))
+                xr[r] = x0 + z * dx if -b < y < b else y  # identity outside [-B, B], as zuko
 
 
-def spline_constants(slope: float, bound: float, dtype: torch.dtype) -> tuple[np.ndarray, bool]:
-    """The kernel's constants for zuko's minimum ``slope`` and ``bound``, and whether the
-    polynomial exp is used (float32, and bounded logits |v| <= |log slope| < 7.2)."""
+def spline_constants(slope: float, bound: float, dtype: torch.dtype) -> np.ndarray:
+    """The kernel's constants for zuko's minimum ``slope`` and spline ``bound``, in ``dtype``."""
     ls = abs(math.log(slope))
-    vals = [2 / ls, 1.0, 0.125, *(1 / k for k in range(2, 9)), 1 / ls, bound, 0.0, 0.5, 2.0, 4.0,
-            1 / 16]
-    cst = np.array(vals, dtype=np.float32 if dtype == torch.float32 else np.float64)
-    return cst, dtype == torch.float32 and ls < 7.2  # bounded derivative logits: |v| < |log slope|
+    vals = [2 / ls, 1.0, 1 / ls, bound, 0.0, 0.5, 2.0, 4.0]
+    return np.array(vals, dtype=np.float32 if dtype == torch.float32 else np.float64)
+
+
+def spline_cols_inverse(p: Tensor, x: Tensor, cols: Tensor, bins: int, constants: np.ndarray) -> None:
+    r"""In place ``x[cols]`` <- the spline inverse, for a coupling's feature-major parameters p.
+
+    Arguments:
+        p: (F (3K - 1), N) contiguous CPU rows: for each transformed feature i its K width, K
+            height and K - 1 derivative logits (zuko's order and parametrisation).
+        x: (D, N) contiguous CPU, changed in place; cols (F,) int64 the transformed rows.
+        constants: :func:`spline_constants` of the flow, in x's dtype.
+    """
+    _spline_cols(p.detach().numpy(), x.detach().numpy(), cols.numpy(), bins, constants)
+
+
+def silu_(h: Tensor) -> Tensor:
+    """In place SiLU ``h / (1 + exp(-h))`` of a contiguous CPU float tensor (numba); returns h."""
+    _silu(h.detach().view(-1).numpy())
+    return h
 
 
 def rqs_inverse(params: Tensor, y: Tensor, bins: int, slope: float = 1e-3,
                 bound: float = 5.0) -> Tensor:
-    r"""Inverse of zuko's ``MonotonicRQSTransform`` in one fused pass; (N, F, 3K - 1), (N, F) -> (N, F).
+    r"""Inverse of zuko's ``MonotonicRQSTransform``, (N, F, 3K - 1), (N, F) -> (N, F).
 
     ``params`` are the unconstrained (widths K, heights K, derivatives K - 1) of each feature in
     zuko's order (``unpack`` of a coupling hyper-network's output). Equals
     ``MonotonicRQSTransform(w, h, d, bound, slope).inv(y)``: in float64 to rounding, in float32
-    (polynomial exp) no less accurately than zuko's own float32 inverse (tested).
+    no less accurately than zuko's own float32 inverse (tested).
     """
     n, f = y.shape
-    p = torch.cat([params[..., : 2 * bins].reshape(n, -1), params[..., 2 * bins :].reshape(n, -1)], -1)
-    x = y.clone(memory_format=torch.contiguous_format)
-    spline_rows_inverse(p, x, torch.arange(f), bins, spline_constants(slope, bound, x.dtype))
-    return x
-
-
-def spline_rows_inverse(p: Tensor, x: Tensor, cols: Tensor, bins: int,
-                        constants: tuple[np.ndarray, bool]) -> None:
-    r"""In place ``x[:, cols]`` <- the spline inverse, for a coupling's hyper-network output p.
-
-    Arguments:
-        p: (N, (3K - 1) F) CPU rows [widths_i (K), heights_i (K) for each transformed feature i |
-            derivatives_i (K - 1) for each i] (unconstrained, zuko's parametrisation).
-        x: (N, D) contiguous CPU rows, changed in place; cols (F,) the transformed columns.
-        constants: :func:`spline_constants` of the flow.
-    """
-    cst, fast = constants
-    _spline_rows(p.detach().contiguous().numpy(), x.detach().numpy(), cols.numpy(), bins, cst,
-                 fast)
+    x = y.t().contiguous()
+    p = params.reshape(n, -1).t().contiguous()
+    spline_cols_inverse(p, x, torch.arange(f), bins, spline_constants(slope, bound, x.dtype))
+    return x.t().contiguous()
