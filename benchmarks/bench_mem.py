@@ -4,9 +4,11 @@ For Drell–Yan (μ⁺μ⁻) and tt̄ → b μ⁺ν b̄ d ū (one muon, four jet
 (the parametric detector's density), one θ point, the same :class:`MEMIntegrand` evaluation:
 
 * ours (``MEMLikelihood.evaluate``): the MoMEMta-style detector channel with resonance blocks
-  (90 %) + the plain detector channel (10 %), adaptive assignment probabilities, vectorised over
-  events, adaptive rounds until every event reaches the target — no network (``proposal``
-  says so; ``--epochs N`` adds a cINN for Drell–Yan, trained here for N epochs);
+  (90 %; for tt̄ a mixture of laws with blocks on/off) + the plain detector channel (10 %),
+  per-event adaptive assignment and law probabilities and per-event adapted uniforms of the
+  map (``mem.context.UniformLaw``), vectorised over events, adaptive rounds until every event
+  reaches the target — no network (``proposal`` says so; ``--epochs N`` adds a cINN for
+  Drell–Yan, trained here for N epochs);
 * VEGAS (``vegas_log_integral``): ``vegas.batchintegrand`` on the same change of variables with
   the assignment as one more VEGAS dimension, 5 adaptation iterations (discarded), then 3
   iterations per step with ``neval`` raised until 1 %;
@@ -109,7 +111,7 @@ def bench_process(process: str, n_events: int, precision: float, cinn_epochs: in
     ev, _ = _events(had, det, n_events, seed=7)
     cinn = _cinn(had, det, n_train, cinn_epochs) if cinn_epochs and process == "drell_yan" else None
     proposal = ("cINN + " if cinn is not None else "") + \
-        "detector channel with resonance blocks (exact TF) + plain detector channel"
+        "detector channel with resonance blocks, adapted per event (exact TF) + plain detector channel"
     cfg = MEMConfig(precision=precision, n_start=256, n_max=n_max, chunk_size=n_events)
     mem = MEMLikelihood(had, ExactTransfer(det), detector=det, cinn=cinn, config=cfg)
     mem.evaluate(ev[:1], {}, progress=False)  # warm-up (imports, PDF tables)

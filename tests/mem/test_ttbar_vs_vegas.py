@@ -79,7 +79,7 @@ def test_resonance_map_density_is_its_jacobian() -> None:
     ch = RecoChannel(det, scale=1.0, physics=True)
     chains, nu, ltop = ch.blocks(integ)
     assert len(chains) == 1 and chains[0].c == 3 and nu is not None and ltop is not None
-    nu.eps, ltop.eps = 1e-12, 1e-12
+    nu.eps, nu.edge_min, nu.edge_max, nu.top_share, ltop.eps = (1e-12,) * 5
     g = torch.Generator().manual_seed(5)
     pick = torch.zeros(1, 1, dtype=torch.long)
     diffs = []
@@ -170,3 +170,31 @@ def test_ttbar_is_agrees_with_vegas_30() -> None:
     print(f"pulls: mean {pulls.mean():.3f} width {pulls.std(ddof=1):.3f}")
     assert abs(pulls.mean()) < 3 / math.sqrt(n)
     assert abs(pulls.std(ddof=1) - 1) < 3 / math.sqrt(2 * (n - 1)) + 0.1
+
+
+def test_every_law_is_a_normalised_density_of_the_mixture_sampler() -> None:
+    """Laws with resonance blocks off (the sampler adapts their probabilities per event): for
+    z drawn from the channel with all six laws mixed (and a non-uniform assignment law),
+    E[q_v(z, σ)/q(z, σ)] = 1 for every law v. That holds only if each law's density is
+    normalised and q is the density the sampler draws from (the reference: ∫ q_v = 1; the
+    ratio is at most 1/β_v, so the tolerance is 5 standard errors of the sample mean)."""
+    _, det, integ = tt_setup()
+    ev = make_tt_events(2, seed=3)
+    prep = integ.prepare(ev)
+    ch = RecoChannel(det, scale=1.1, physics=True)
+    laws = ch.laws(integ)
+    assert len(laws) == 6 and laws[0] == (2, True)
+    beta = torch.tensor([0.3, 0.1, 0.2, 0.15, 0.1, 0.15], dtype=torch.float64)
+    prep["law_logp"] = torch.log(beta).expand(2, 6).clone()
+    pick = torch.rand(2, prep["valid"].shape[1], generator=torch.Generator().manual_seed(1))
+    prep["pick_logp"] = torch.log_softmax(3 * pick.double(), -1)
+    ctx = SamplingContext(integ, ev, prep, torch.full((2,), 10.0, dtype=torch.float64))
+    z, pk = ch.sample_joint(6000, ctx, torch.Generator().manual_seed(6))
+    lv = ch.law_log_prob_joint(z, pk, ctx)  # (V, S, B), includes log β_v
+    lq = torch.logsumexp(lv, 0)
+    torch.testing.assert_close(lq, ch.log_prob_joint(z, pk, ctx), rtol=0, atol=1e-12)
+    # A Cauchy tail can overflow p_T to inf (integrand 0 there, mass ~1e-4): ratio 0.
+    ratio = torch.exp(lv - torch.log(beta)[:, None, None] - lq).nan_to_num(0.0)
+    assert float((~torch.isfinite(lq)).double().mean()) < 1e-3
+    mean, se = ratio.mean(1), ratio.std(1) / math.sqrt(ratio.shape[1])
+    assert ((mean - 1).abs() < 5 * se + 1e-3).all(), (mean, se)

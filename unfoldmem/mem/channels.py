@@ -6,7 +6,10 @@ assignment with the detector resolution, in :math:`(\log p_T, \eta, \phi)`; with
 propagators come from their Breit–Wigner masses (:mod:`unfoldmem.mem.resonances`), the
 neutrino's η from the leptonic W mass, a visible recoil's measurement is combined with its
 partner's (Drell–Yan), and the assignment is drawn with adaptable probabilities
-(``prep["pick_logp"]``, see :func:`~unfoldmem.mem.sampling.importance_sample`). Every map is
+(``prep["pick_logp"]``, see :func:`~unfoldmem.mem.sampling.importance_sample`). For tt̄ the
+channel is a mixture of laws with the hadronic chain and the leptonic top block on or off
+(:meth:`RecoChannel.laws`, probabilities ``prep["law_logp"]``), so events whose top is far off
+shell (a lost parton replaced by an ISR jet) are covered too. Every map is
 exact and its Jacobian is in :meth:`RecoChannel.log_prob`. :class:`CINNChannel` is the cINN
 posterior q(p | x) of A. Butter et al., SciPost Phys. 15 (2023) 094. Both give the density of
 z alone (summed over assignments) and of the pair (z, assignment) that the sampler draws
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -178,12 +182,22 @@ class RecoChannel:
                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(n, B, n_partons, 3) samples and the (n, B) assignments they were drawn around."""
         pick = draw_assignments(n, ctx, generator)
+        law = self.draw_laws(n, ctx, generator)
         u = torch.rand(n, len(ctx.events), ctx.integrand.n, 3, generator=generator,
                        dtype=torch.float64)
-        return self.transform(u, ctx, pick), pick
+        return self.transform(u, ctx, pick, law), pick
 
-    def transform(self, u: Tensor, ctx: SamplingContext, pick: Tensor) -> Tensor:
-        r"""Map uniforms u (S, B, n, 3) ∈ (0,1) to z for assignments ``pick`` (S, B).
+    def draw_laws(self, n: int, ctx: SamplingContext, generator: torch.Generator) -> Tensor | None:
+        """(n, B) laws drawn with :meth:`law_log_prob` (None: law 0 only)."""
+        if len(self.laws(ctx.integrand)) > 1 and "law_logp" in ctx.prep:
+            probs = torch.exp(self.law_log_prob(ctx))
+            return torch.multinomial(probs, n, replacement=True, generator=generator).T
+        return None
+
+    def transform(self, u: Tensor, ctx: SamplingContext, pick: Tensor,
+                  law: Tensor | None = None) -> Tensor:
+        r"""Map uniforms u (S, B, n, 3) ∈ (0,1) to z for assignments ``pick`` (S, B) and laws
+        ``law`` (S, B) (indices into :meth:`laws`; None: law 0, all blocks on).
 
         Gaussian coordinates are :math:`c + w\,\Phi^{-1}(u)` (φ then wrapped), a uniform φ is
         :math:`2\pi u - \pi`; resonance blocks use u[b, 0], u[c, 0] and the neutrino's u[ν, 1];
@@ -201,16 +215,21 @@ class RecoChannel:
         z = torch.stack([torch.exp(z[..., 0]), z[..., 1], phi], -1)
         integ = ctx.integrand
         chains, nu, ltop = self.blocks(integ)
+        had, lep_on = self._law_flags(integ, law, pick)
         for chain in chains:
-            mean, sd = self._chain_law(chain, z, c, finite_w)
-            z = z.clone()
-            z[..., chain.a, 0] = torch.exp(mean + _COMBINE_SCALE * sd * eps[..., chain.a, 0])
-            z = chain.transform(z, uc)
+            # Hadronic level 2: W and top masses; 1: W mass only; 0: detector Gaussians.
+            z_new = self._chain_transform(chain, z, c, finite_w, eps, uc)
+            if chain.c is not None and bool((had == 1).any()):
+                z_w = self._chain_transform(replace(chain, c=None), z, c, finite_w, eps, uc)
+                z_new = torch.where((had == 1)[..., None, None], z_w, z_new)
+            z = torch.where((had == 0)[..., None, None], z, z_new)
         if ltop is not None:
             roots = ltop.roots(z, self._others_sum(z, integ, ltop.b))
             xs, gs, ok = roots
             x = ltop.sample_x(uc[..., ltop.b, 0], c[..., ltop.b, 0], finite_w[..., ltop.b, 0],
                               xs, gs, ok)
+            # Law without the leptonic top: the b's p_T keeps its detector Gaussian.
+            x = torch.where(lep_on, x, torch.log(z[..., ltop.b, 0]))
             z = z.clone()
             z[..., ltop.b, 0] = torch.exp(x)
             p_plus: Tensor | float = ltop.p_plus(x, xs, gs, ok)
@@ -223,9 +242,51 @@ class RecoChannel:
         z[..., r, 0] = torch.linalg.vector_norm(a, dim=-1)
         z[..., r, 2] = torch.atan2(a[..., 1], a[..., 0])
         if nu is not None:
-            z[..., r, 1] = nu.eta(z, bal, uc[..., r, 1], p_plus)
+            eta_nu = nu.eta(z, bal, uc[..., r, 1], p_plus)
+            z = z.clone()
+            z[..., r, 1] = eta_nu
         self._roots_of = (z, roots) if ltop is not None else None
         return z
+
+    def _chain_transform(self, chain: HadronicChain, z: Tensor, c: Tensor, w: Tensor,
+                         eps: Tensor, uc: Tensor) -> Tensor:
+        """z with p_T of a from the chain's combined law and of b (and c) from its masses."""
+        mean, sd = self._chain_law(chain, z, c, w)
+        z = z.clone()
+        z[..., chain.a, 0] = torch.exp(mean + _COMBINE_SCALE * sd * eps[..., chain.a, 0])
+        return chain.transform(z, uc)
+
+    def laws(self, integrand: MEMIntegrand) -> list[tuple[bool, bool]]:
+        """The channel's laws (hadronic level, leptonic top block on); law 0 = all blocks on.
+
+        Hadronic level 2: the chains' W and top masses fix p_T of b and c; 1: the W mass only
+        (c from its detector Gaussian); 0: no chain (a, b, c from their detector Gaussians).
+        A parton lost from acceptance whose place an ISR jet takes leaves a top (or a W) far
+        off shell, where the blocks put no samples; the laws with a block off cover it. One law
+        when the process has no block (Drell–Yan, W)."""
+        chains, _, ltop = self.blocks(integrand)
+        had = [2, 1, 0] if any(ch.c is not None for ch in chains) else [2, 0] if chains else [2]
+        lep = [True, False] if ltop is not None else [True]
+        return [(h, lp) for lp in lep for h in had]
+
+    def law_log_prob(self, ctx: SamplingContext) -> Tensor:
+        """(B, V) log probability of each law: ``prep["law_logp"]`` (adapted by the sampler)
+        where present, else law 0 only."""
+        v = len(self.laws(ctx.integrand))
+        if "law_logp" in ctx.prep:
+            return ctx.prep["law_logp"][:, :v]
+        out = torch.full((len(ctx.events), v), -math.inf, dtype=torch.float64)
+        out[:, 0] = 0.0
+        return out
+
+    def _law_flags(self, integ: MEMIntegrand, law: Tensor | None,
+                   like: Tensor) -> tuple[Tensor, Tensor]:
+        """(S, B) hadronic level and leptonic top block on, for laws ``law``."""
+        if law is None:
+            return (torch.full(like.shape, 2, dtype=torch.long),
+                    torch.ones(like.shape, dtype=torch.bool))
+        flags = torch.tensor(self.laws(integ), dtype=torch.long)  # (V, 2)
+        return flags[law, 0], flags[law, 1].bool()
 
     @staticmethod
     def _chain_law(chain: HadronicChain, z: Tensor, c: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -256,35 +317,61 @@ class RecoChannel:
         return -torch.stack([(pt * torch.cos(phi)).sum(-1), (pt * torch.sin(phi)).sum(-1)], -1)
 
     def log_prob(self, z: Tensor, ctx: SamplingContext) -> Tensor:
-        """(S, B) log density of the channel at z (S, B, n, 3), summed over assignments."""
+        """(S, B) log density of the channel at z (S, B, n, 3), summed over assignments and
+        laws."""
         centre, width, _ = self._centres(ctx)
-        lp, rest = self._log_terms(z, ctx, centre[None], width[None])
-        out = torch.logsumexp(lp + self._pick_logp(ctx)[None], -1) + rest
-        return torch.where(torch.isnan(out), -math.inf, out)
+        lp, rest = self._log_terms(z, ctx, centre[None], width[None])  # (V, S, B, P), (V, S, B)
+        lv = torch.logsumexp(lp + self._pick_logp(ctx)[None, None], -1) + rest
+        return self._sum_laws(lv, ctx)
 
     def log_prob_assignment(self, z: Tensor, ctx: SamplingContext, pick: Tensor) -> Tensor:
         """(S, B) log density of z given the assignment ``pick`` (S, B): only the picked
         assignment's Gaussians are evaluated."""
-        centre, width, _ = self._centres(ctx)
-        c, w = gather_pick(centre, pick)[:, :, None], gather_pick(width, pick)[:, :, None]
-        lp, rest = self._log_terms(z, ctx, c, w)
-        out = lp[..., 0] + rest
-        return torch.where(torch.isnan(out), -math.inf, out)
+        return self._sum_laws(self._law_terms(z, ctx, pick), ctx)
 
     def log_prob_joint(self, z: Tensor, pick: Tensor, ctx: SamplingContext) -> Tensor:
         """(S, B) log density of (z, pick): log π(pick) + log q(z | pick)."""
+        return torch.logsumexp(self.law_log_prob_joint(z, pick, ctx), 0)
+
+    def law_log_prob_joint(self, z: Tensor, pick: Tensor, ctx: SamplingContext) -> Tensor:
+        """(V, S, B) log of law v's part of the density of (z, pick): log π(pick) + log β_v
+        + log q_v(z | pick); −inf for laws of probability 0."""
         lpi = torch.gather(self._pick_logp(ctx)[None].expand(len(pick), -1, -1), -1,
                            pick[..., None])[..., 0]
-        return lpi + self.log_prob_assignment(z, ctx, pick)
+        lb = self.law_log_prob(ctx).T[:, None]  # (V, 1, B)
+        out = torch.full((lb.shape[0], *z.shape[:2]), -math.inf, dtype=z.dtype)
+        used = torch.isfinite(lb).any(-1)[:, 0]
+        out[used] = self._law_terms(z, ctx, pick, used) + lb[used] + lpi
+        return torch.where(torch.isnan(out), -math.inf, out)
 
-    def _log_terms(self, z: Tensor, ctx: SamplingContext, centre: Tensor,
-                   width: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-assignment part (S, B, P') and assignment-free part (S, B) of log q(z).
+    def _law_terms(self, z: Tensor, ctx: SamplingContext, pick: Tensor,
+                   used: Tensor | None = None) -> Tensor:
+        """(V', S, B) log q_v(z | pick) of the laws ``used`` (default: those of probability >
+        0 for some event)."""
+        centre, width, _ = self._centres(ctx)
+        c, w = gather_pick(centre, pick)[:, :, None], gather_pick(width, pick)[:, :, None]
+        lp, rest = self._log_terms(z, ctx, c, w, used)
+        return lp[..., 0] + rest
+
+    def _sum_laws(self, lv: Tensor, ctx: SamplingContext, used: Tensor | None = None) -> Tensor:
+        """logsumexp over laws of log β_v + lv (V', S, B) → (S, B), NaN → −inf."""
+        lb = self.law_log_prob(ctx).T[:, None]
+        used = torch.isfinite(lb).any(-1)[:, 0] if used is None else used
+        out = torch.logsumexp(torch.where(torch.isnan(lv), -math.inf, lv) + lb[used], 0)
+        return torch.where(torch.isnan(out), -math.inf, out)
+
+    def _log_terms(self, z: Tensor, ctx: SamplingContext, centre: Tensor, width: Tensor,
+                   used: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-assignment part (V', S, B, P') and assignment-free part (V', S, B) of log q_v(z)
+        for the laws ``used`` (default: those of probability > 0 for some event).
 
         centre, width: (1 or S, B, P', n, 3), the Gaussians of P' assignments (all of them,
         or the picked one per sample)."""
         integ = ctx.integrand
         r = integ.recoil
+        laws = self.laws(integ)
+        if used is None:
+            used = torch.isfinite(self.law_log_prob(ctx)).any(0)
         tf_pt, others, recoil_eta = self._masks(integ)
         zz = z[:, :, None]  # (S, B, 1, n, 3)
         lpt = torch.log(zz[..., 0])
@@ -295,8 +382,14 @@ class RecoChannel:
                  + torch.where(inv_phi, -math.log(_TWO_PI),
                                log_wrapped_normal(zz[..., 2] - centre[..., 2], ww[..., 2])))
         chains, nu, ltop = self.blocks(integ)
+        # Partons whose p_T law is the same in every law: the detector Gaussian.
+        fixed = tf_pt.clone()
+        for chain in chains:
+            fixed[chain.a] = False
         p_plus: Tensor | float = 0.5
+        lb_on = None
         if ltop is not None:
+            fixed[ltop.b] = False
             if self._roots_of is not None and self._roots_of[0] is z:
                 xs, gs, ok = self._roots_of[1]
             else:
@@ -304,30 +397,48 @@ class RecoChannel:
             p_plus = ltop.p_plus(lpt[..., 0, ltop.b], xs, gs, ok)
             part, lw_g = ltop.log_cauchy_part(lpt[..., 0, ltop.b], xs, gs, ok)
             # Per unit p_T: the log-p_T densities carry the 1/p_T Jacobian.
-            lb = torch.logaddexp(part[..., None] - lpt[..., ltop.b],
-                                 lw_g[..., None] + l_pt[..., ltop.b])
-            l_pt = l_pt.clone()
-            l_pt[..., ltop.b] = lb
-        for chain in chains:
-            mean, sd = self._chain_law(chain, z, centre, ww)
-            la = lpt[..., chain.a]
-            l_pt = l_pt.clone()
-            l_pt[..., chain.a] = log_normal(la, mean, _COMBINE_SCALE * sd) - la
-        lp = (torch.where(tf_pt, l_pt, 0.0) + torch.where(others, l_ang, 0.0)).sum(-1)
+            lb_on = torch.logaddexp(part[..., None] - lpt[..., ltop.b],
+                                    lw_g[..., None] + l_pt[..., ltop.b])
+        base = (torch.where(fixed, l_pt, 0.0) + torch.where(others, l_ang, 0.0)).sum(-1)
         if recoil_eta:
-            lp = lp + log_normal(zz[..., r, 1], centre[..., r, 1], ww[..., r, 1])
+            base = base + log_normal(zz[..., r, 1], centre[..., r, 1], ww[..., r, 1])
         lq = torch.zeros(z.shape[:2], dtype=z.dtype)
-        for chain in chains:
-            lq = lq + chain.log_prob(z)
         bal = self._balance(z, integ)
         if nu is not None:
             lq = lq + nu.log_prob(z, bal, p_plus)
         a = torch.stack([z[..., r, 0] * torch.cos(z[..., r, 2]),
                          z[..., r, 0] * torch.sin(z[..., r, 2])], -1)
         sig = ctx.kernel_sigma
-        lh = (-0.5 * ((a - bal) ** 2).sum(-1) / sig**2 - torch.log(_TWO_PI * sig**2)
-              + torch.log(z[..., r, 0]))
-        return lp, lq + lh
+        lq = lq + (-0.5 * ((a - bal) ** 2).sum(-1) / sig**2 - torch.log(_TWO_PI * sig**2)
+                   + torch.log(z[..., r, 0]))
+        # Hadronic chains with the top block on or off: per-assignment and free parts.
+        had_terms: dict[int, tuple[Tensor, Tensor]] = {}
+        for had in {h for (h, _), u in zip(laws, used.tolist(), strict=True) if u}:
+            lp_h, lq_h = base, lq
+            for chain in chains:
+                if had == 0:
+                    for k in (chain.a, chain.b, chain.c):
+                        if k is not None:
+                            lp_h = lp_h + l_pt[..., k]
+                    continue
+                ch = chain if had == 2 or chain.c is None else replace(chain, c=None)
+                mean, sd = self._chain_law(ch, z, centre, ww)
+                la = lpt[..., chain.a]
+                lp_h = lp_h + log_normal(la, mean, _COMBINE_SCALE * sd) - la
+                if ch.c is None and chain.c is not None:
+                    lp_h = lp_h + l_pt[..., chain.c]
+                lq_h = lq_h + ch.log_prob(z)
+            had_terms[had] = (lp_h, lq_h)
+        lps, lqs = [], []
+        for (had, lep), u in zip(laws, used.tolist(), strict=True):
+            if not u:
+                continue
+            lp_v, lq_v = had_terms[had]
+            if ltop is not None:
+                lp_v = lp_v + (lb_on if lep else l_pt[..., ltop.b])
+            lps.append(lp_v)
+            lqs.append(lq_v)
+        return torch.stack(lps), torch.stack(lqs)
 
 
 class CINNChannel:

@@ -1,6 +1,14 @@
 r"""What the MEM proposal channels share: the sampling context of a batch, the channel protocol,
-and the discrete assignment draws (probabilities ``prep["pick_logp"]`` adapted by
-:func:`~unfoldmem.mem.sampling.importance_sample`, else uniform over the valid assignments)."""
+the discrete assignment draws (probabilities ``prep["pick_logp"]`` adapted by
+:func:`~unfoldmem.mem.sampling.importance_sample`, else uniform over the valid assignments), and
+the per-event adapted law of a channel's uniforms (:class:`UniformLaw`).
+
+References:
+    | O. Cappé, A. Guillin, J.-M. Marin, C. P. Robert, "Population Monte Carlo",
+    | J. Comput. Graph. Stat. 13 (2004) 907 (adapting the proposal from weighted samples)
+    | T. Hesterberg, "Weighted average importance sampling and defensive mixture
+    | distributions", Technometrics 37 (1995) 185
+"""
 
 from __future__ import annotations
 
@@ -14,7 +22,14 @@ from torch import Tensor
 
 from unfoldmem.mem.integrand import MEMIntegrand, RecoEvents
 
-__all__ = ["Channel", "SamplingContext", "draw_assignments", "gather_pick", "pick_log_prob"]
+__all__ = ["Channel", "SamplingContext", "UniformLaw", "draw_assignments", "gather_pick",
+           "pick_log_prob"]
+
+#: Share of a :class:`UniformLaw`'s draws that stay uniform (defensive: weights at most
+#: 1/U_DEFENSIVE times those of the unadapted channel), and the prior strength, in effective
+#: samples, that shrinks its fitted Gaussian towards N(0, 1) (an unadapted channel).
+U_DEFENSIVE = 0.2
+U_PRIOR = 20.0
 
 
 @dataclass
@@ -71,3 +86,114 @@ def gather_pick(t: Tensor, pick: Tensor) -> Tensor:
     s, b = pick.shape
     return torch.gather(t[None].expand(s, *t.shape), 2,
                         pick[..., None, None, None].expand(s, b, 1, *t.shape[2:]))[:, :, 0]
+
+
+class UniformLaw:
+    r"""Per-event adapted law of a channel's uniforms, population Monte Carlo style.
+
+    A channel that maps uniforms u ∈ (0,1)^D to z with law v (:meth:`RecoChannel.transform`;
+    density q(z) of z when u is uniform and v ~ β) is sampled with u from
+
+    .. math:: h_{bv}(u) = \lambda + (1-\lambda)\,
+        \frac{\mathcal N(\epsilon;\mu_{bv},\Sigma_{bv})}{\prod_d\varphi(\epsilon_d)},
+        \qquad \epsilon = \Phi^{-1}(u),
+
+    with λ = U_DEFENSIVE and (μ_bv, Σ_bv) the weighted mean and covariance of ε over event b's
+    samples of law v so far (weights F/(q h), shrunk towards (0, 1) with U_PRIOR effective
+    samples). Since Σ_v β_v (the map of law v applied to uniform u) has density q, a sample's
+    weight F/q divided by h_bv(u) stays unbiased for any h fixed before the round's draws
+    (:func:`~unfoldmem.mem.sampling.importance_sample` refits between rounds); with the other
+    channels' densities this is the balance heuristic with the partition of unity taken from
+    the unadapted q.
+
+    Arguments:
+        b: events. d: dimension of u (3 × partons). v: laws of the channel.
+    """
+
+    def __init__(self, b: int, d: int, v: int = 1) -> None:
+        f64 = torch.float64
+        self.d, self.v = d, v
+        self.mu = torch.zeros(b, v, d, dtype=f64)
+        self.chol = torch.eye(d, dtype=f64).expand(b, v, d, d).clone()
+        self.fitted = torch.zeros(b, v, dtype=torch.bool)
+        self.shift = torch.full((b,), -math.inf, dtype=f64)
+        self.s0, self.s00 = torch.zeros(b, v, dtype=f64), torch.zeros(b, v, dtype=f64)
+        self.s1, self.s2 = torch.zeros(b, v, d, dtype=f64), torch.zeros(b, v, d, d, dtype=f64)
+
+    @staticmethod
+    def _law(law: Tensor | None, n: int, b: int) -> Tensor:
+        return torch.zeros(n, b, dtype=torch.long) if law is None else law
+
+    def draw(self, n: int, rows: Tensor, law: Tensor | None,
+             generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """u (n, b, D) for the events ``rows`` with laws ``law`` (n, b), and log h(u) (n, b)."""
+        b = len(rows)
+        law = self._law(law, n, b)
+        u = torch.rand(n, b, self.d, generator=generator, dtype=torch.float64)
+        fit = torch.gather(self.fitted[rows][None].expand(n, b, self.v), 2, law[..., None])[..., 0]
+        if not bool(fit.any()):
+            return u, torch.zeros(n, b, dtype=torch.float64)
+        keep = torch.rand(n, b, generator=generator, dtype=torch.float64) < U_DEFENSIVE
+        xi = torch.randn(n, b, self.d, generator=generator, dtype=torch.float64)
+        eps = torch.zeros_like(xi)
+        for k in range(self.v):
+            ek = self.mu[rows, k] + torch.einsum("bij,nbj->nbi", self.chol[rows, k], xi)
+            eps = torch.where((law == k)[..., None], ek, eps)
+        u = torch.where((keep | ~fit)[..., None], u, torch.special.ndtr(eps))
+        return u, self.log_density(u, rows, law)
+
+    def log_density(self, u: Tensor, rows: Tensor, law: Tensor | None) -> Tensor:
+        """log h(u) (n, b) of u (n, b, D) drawn with laws ``law`` for the events ``rows``."""
+        law = self._law(law, *u.shape[:2])
+        eps = torch.special.ndtri(u.clamp(1e-15, 1 - 1e-15))
+        lg = torch.zeros(u.shape[:2], dtype=torch.float64)
+        fit = torch.zeros(u.shape[:2], dtype=torch.bool)
+        for k in range(self.v):
+            sel = law == k
+            if not bool(sel.any()):
+                continue
+            chol = self.chol[rows, k]
+            y = torch.linalg.solve_triangular(chol, (eps - self.mu[rows, k]).permute(1, 2, 0),
+                                              upper=False)
+            lk = (-0.5 * (y**2).sum(1) - torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(
+                -1, keepdim=True)).T
+            lg = torch.where(sel, lk, lg)
+            fit = torch.where(sel, self.fitted[rows, k], fit)
+        lg = lg + 0.5 * (eps**2).sum(-1)
+        lh = torch.logaddexp(torch.full_like(lg, math.log(U_DEFENSIVE)),
+                             math.log(1 - U_DEFENSIVE) + lg)
+        return torch.where(fit, lh, 0.0)
+
+    def add(self, rows: Tensor, u: Tensor, law: Tensor | None, logw: Tensor) -> None:
+        """Accumulate the weighted moments of ε = Φ⁻¹(u) (n, b, D) per law, log weights (n, b)."""
+        law = self._law(law, *u.shape[:2])
+        logw = torch.where(torch.isfinite(logw), logw, -math.inf)
+        old = self.shift[rows]
+        new = torch.maximum(old, logw.amax(0))
+        safe = torch.where(torch.isinf(new), 0.0, new)
+        fac = torch.where(torch.isinf(old), 0.0, torch.exp(old - safe))[:, None]
+        w = torch.exp(logw - safe)[..., None] * torch.nn.functional.one_hot(law, self.v)
+        eps = torch.special.ndtri(u.clamp(1e-15, 1 - 1e-15))
+        self.s0[rows] = self.s0[rows] * fac + w.sum(0)
+        self.s00[rows] = self.s00[rows] * fac**2 + (w * w).sum(0)
+        self.s1[rows] = self.s1[rows] * fac[..., None] + torch.einsum("nbv,nbd->bvd", w, eps)
+        self.s2[rows] = (self.s2[rows] * fac[..., None, None]
+                         + torch.einsum("nbv,nbd,nbe->bvde", w, eps, eps))
+        self.shift[rows] = new
+
+    def refit(self) -> None:
+        """(μ, Σ) of every event and law from the accumulated moments (identity where none)."""
+        ok = self.s0 > 0
+        s0 = torch.where(ok, self.s0, 1.0)
+        ess = torch.where(ok, self.s0**2 / torch.where(ok, self.s00, 1.0), 0.0)
+        mean = self.s1 / s0[..., None]
+        cov = self.s2 / s0[..., None, None] - mean[..., :, None] * mean[..., None, :]
+        a = (ess / (ess + U_PRIOR))[..., None]
+        eye = torch.eye(self.d, dtype=torch.float64)
+        mu = a * mean
+        sig = a[..., None] * cov + (1 - a[..., None]) * eye + 1e-6 * eye
+        chol, info = torch.linalg.cholesky_ex(sig)
+        good = ok & (info == 0) & torch.isfinite(chol).all(-1).all(-1) & torch.isfinite(mu).all(-1)
+        self.mu = torch.where(good[..., None], mu, 0.0)
+        self.chol = torch.where(good[..., None, None], chol, eye)
+        self.fitted = self.fitted | good

@@ -13,9 +13,10 @@ propagator virtualities, sampled from their Breit–Wigner laws, with the exact 
   massless invariant mass, used as the proposal's variable whatever the partons' masses);
   :math:`q(p_{T,b}) = BW(s_1)\,s_1/p_{T,b}`, :math:`q(p_{T,c}) = BW(s_2)(s_2-s_1)/p_{T,c}`.
 * :class:`NeutrinoBlock` (ℓ, ν): ν's p_T is the transverse balance of the other partons, and
-  :math:`s = 2p_{T,\ell}p_{T,\nu}(\cosh\Delta\eta - \cos\Delta\phi) \sim BW(m_W)` truncated to
-  its reachable range, with either sign of Δη; a fraction ε of the samples (and all where no
-  solution exists) take η_ν from a broad Gaussian, so the density stays positive everywhere.
+  its η follows a mixture: the W mass (ℓν) and, with a leptonic top, the top mass (bℓν) from
+  Breit–Wigner laws truncated to their reachable ranges, either branch; edge Gaussians where a
+  mass is stationary in η; a fraction ε from a broad Gaussian, so the density stays positive.
+* :class:`LeptonicTop` (b): log p_T of the b from a Cauchy around the root of the top mass.
 
 Blocks are found from the process's final state (:func:`find_blocks`); Drell–Yan has none.
 
@@ -168,17 +169,44 @@ class HadronicChain:
 
 @dataclass
 class NeutrinoBlock:
-    """η of the recoil neutrino ν from the (ℓ, ν) W mass; ε of the samples from N(η_ℓ, width)."""
+    r"""η of the recoil neutrino ν (its p_T is the balance) from the W and top masses.
+
+    For fixed other partons both masses are :math:`s(\eta) = c + k\cosh(\eta - y)`: the W's
+    (ℓν) with :math:`k = 2p_{T,\ell}p_{T,\nu}`, :math:`y = \eta_\ell`, and, with a leptonic
+    top (``b`` set), the top's (bℓν) with :math:`k = 2p_{T,\nu}\sqrt{E_P^2 - p_{z,P}^2}`,
+    :math:`y` = the rapidity of P = p_b + p_ℓ. The law of η is a mixture of
+
+    * a Breit–Wigner in each mass truncated to its reachable range, either branch
+      :math:`\eta = y \pm \operatorname{acosh}((s - c)/k)` (W branch probability ``p_plus``,
+      top branch by the W's Breit–Wigner at the two top solutions): sampling only the W
+      mass left the top off shell whenever :math:`\partial s_t/\partial s_W` is large;
+    * an edge Gaussian at each y: there s is stationary, so a Breit–Wigner law in s has a
+      density in η that vanishes (Jacobian :math:`k\sinh|\eta - y|`) while the integrand
+      does not where the resonance is barely reachable (:math:`A = s_{\min} - m^2 \gtrsim
+      -m\Gamma`): the weights F/q ∝ 1/|η − y| had an infinite variance. Width
+      :math:`\delta = \sqrt{2(|A| + m\Gamma)/k}`, weight ``edge_min`` + ``edge_max`` ×
+      sigmoid((A + 3mΓ)/mΓ);
+    * ε from N(η_ℓ, width), so the density is positive everywhere.
+
+    All weights and centres are functions of the other partons, so the density is exact.
+    """
 
     lep: int
     nu: int
     m_w: float
     g_w: float
-    eps: float = 0.03
+    eps: float = 0.02
     width: float = 2.0
+    edge_min: float = 0.03
+    edge_max: float = 0.3
+    b: int | None = None
+    m_t: float = 0.0
+    g_t: float = 0.0
+    top_share: float = 0.5
 
     def _kin(self, z: Tensor, bal: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
                                                      Tensor]:
+        """W: y = η_ℓ, k, c = −k cos Δφ, reachable (lo, hi), valid (S, B)."""
         pt_l, eta_l, phi_l = z[..., self.lep, :].unbind(-1)
         pt_n = torch.linalg.vector_norm(bal, dim=-1)
         cphi = torch.cos(torch.atan2(bal[..., 1], bal[..., 0]) - phi_l)
@@ -186,36 +214,125 @@ class NeutrinoBlock:
         lo = (k * (1 - cphi)).clamp(min=1e-9)
         hi = torch.full_like(lo, (self.m_w + _W_WINDOW * self.g_w) ** 2)
         valid = (lo < hi * (1 - 1e-9)) & (k > 0)
-        return eta_l, k, cphi, torch.where(valid, lo, 0.5 * hi), hi, valid
+        return eta_l, k, -k * cphi, torch.where(valid, lo, 0.5 * hi), hi, valid
+
+    def _top_kin(self, z: Tensor, bal: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                         Tensor]:
+        """Leptonic top (massless b, ℓ): y, k, c, reachable (lo, hi), valid (S, B)."""
+        def four(i: int) -> tuple[Tensor, ...]:
+            pt, eta, phi = z[..., i, :].unbind(-1)
+            return pt * torch.cosh(eta), pt * torch.cos(phi), pt * torch.sin(phi), \
+                pt * torch.sinh(eta)
+
+        e1, x1, y1, z1 = four(self.lep)
+        e2, x2, y2, z2 = four(self.b)  # type: ignore[arg-type]
+        e, px, py, pz = e1 + e2, x1 + x2, y1 + y2, z1 + z2
+        mt2 = (e * e - pz * pz).clamp(min=1e-12)
+        y = 0.5 * torch.log((e + pz).clamp(min=1e-300) / (e - pz).clamp(min=1e-300))
+        k = 2 * torch.linalg.vector_norm(bal, dim=-1) * torch.sqrt(mt2)
+        c = (mt2 - px * px - py * py) - 2 * (px * bal[..., 0] + py * bal[..., 1])
+        lo = c + k
+        hi = torch.full_like(lo, (self.m_t + _W_WINDOW * self.g_t) ** 2)
+        valid = (lo < hi * (1 - 1e-9)) & (k > 0) & torch.isfinite(y)
+        return torch.where(valid, y, 0.0), k, c, torch.where(valid, lo, 0.5 * hi), hi, valid
+
+    def _edge(self, k: Tensor, lo: Tensor, valid: Tensor, m: float,
+              g: float) -> tuple[Tensor, Tensor]:
+        """Weight (S, B) and width (S, B) of an edge Gaussian (weight 0 where invalid)."""
+        mg = m * g
+        a = lo - m * m
+        f = self.edge_min + self.edge_max * torch.sigmoid((a + 3 * mg) / mg)
+        delta = torch.sqrt(2 * (a.abs() + mg) / k.clamp(min=1e-300)).clamp(1e-4, self.width)
+        return torch.where(valid, f, 0.0), delta
+
+    def _mixture(self, z: Tensor, bal: Tensor, p_plus: Tensor | float) -> dict[str, Any]:
+        """Everything the law needs that does not depend on η_ν."""
+        w = self._kin(z, bal)
+        f_ew, d_w = self._edge(w[1], w[3], w[5], self.m_w, self.g_w)
+        pp = torch.as_tensor(p_plus, dtype=z.dtype).expand_as(w[1])
+        out: dict[str, Any] = {"w": w, "f_ew": f_ew, "d_w": d_w, "pp_w": pp, "eta_l": w[0]}
+        if self.b is not None:
+            t = self._top_kin(z, bal)
+            f_et, d_t = self._edge(t[1], t[3], t[5], self.m_t, self.g_t)
+            # Top branch: the W's Breit–Wigner at the two top solutions on the peak.
+            d0 = torch.acosh(((self.m_t**2 - t[2]) / t[1].clamp(min=1e-300)).clamp(min=1.0))
+            mg = self.m_w * self.g_w
+            lw = [-torch.log((w[2] + w[1] * torch.cosh(t[0] + sg * d0 - w[0]) - self.m_w**2) ** 2
+                             + mg * mg) for sg in (1.0, -1.0)]
+            pt = torch.sigmoid(lw[0] - lw[1]).nan_to_num(0.5).clamp(0.02, 0.98)
+            out.update(t=t, f_et=f_et, d_t=d_t, pp_t=pt)
+            share_t = torch.where(w[5], self.top_share, 1.0) * t[5].double()
+        else:
+            f_et = torch.zeros_like(f_ew)
+            share_t = torch.zeros_like(f_ew)
+            out["f_et"] = f_et
+        rest = 1 - self.eps - f_ew - f_et
+        n_bw = torch.where(w[5] | (share_t > 0), 1.0, 0.0)
+        out["f_tbw"] = rest * share_t * n_bw
+        out["f_wbw"] = torch.where(w[5], rest - out["f_tbw"], 0.0)
+        out["f_b"] = 1 - out["f_wbw"] - out["f_tbw"] - f_ew - f_et
+        return out
+
+    @staticmethod
+    def _bw_eta(v: Tensor, pp: Tensor, kin: tuple[Tensor, ...], m: float, g: float) -> Tensor:
+        y, k, c, lo, hi, _ = kin
+        sign = torch.where(v < pp, 1.0, -1.0)
+        vs = torch.where(v < pp, v / pp, (v - pp) / (1 - pp)).clamp(1e-15, 1 - 1e-15)
+        s = bw_sample(vs, m, g, lo, hi)
+        return y + sign * torch.acosh(((s - c) / k.clamp(min=1e-300)).clamp(min=1.0))
+
+    @staticmethod
+    def _bw_log(eta: Tensor, pp: Tensor, kin: tuple[Tensor, ...], m: float,
+                g: float) -> Tensor:
+        y, k, c, lo, hi, _ = kin
+        de = eta - y
+        s = c + k * torch.cosh(de)
+        lbr = torch.log(torch.where(de > 0, pp, 1 - pp))
+        out = lbr + bw_log_density(s, m, g, lo, hi) + torch.log(k * torch.sinh(de).abs())
+        return torch.where(torch.isnan(out), -math.inf, out)
 
     def eta(self, z: Tensor, bal: Tensor, v: Tensor, p_plus: Tensor | float = 0.5) -> Tensor:
-        """ν's η (S, B) from uniforms v (S, B), given the balance p_T (S, B, 2) and z; the
+        """ν's η (S, B) from uniforms v (S, B), given the balance p_T (S, B, 2) and z; the W
         branch Δη > 0 has probability ``p_plus`` (a function of earlier variables)."""
-        eta_l, k, cphi, lo, hi, valid = self._kin(z, bal)
+        mx = self._mixture(z, bal, p_plus)
         v = v.clamp(1e-15, 1 - 1e-15)
-        use_bw = valid & (v < 1 - self.eps)
-        vb = (v / (1 - self.eps)).clamp(max=1 - 1e-15)
-        pp = torch.as_tensor(p_plus, dtype=v.dtype)
-        sign = torch.where(vb < pp, 1.0, -1.0)
-        vs = torch.where(vb < pp, vb / pp, (vb - pp) / (1 - pp)).clamp(1e-15, 1 - 1e-15)
-        s = bw_sample(vs, self.m_w, self.g_w, lo, hi)
-        d = torch.acosh((s / k.clamp(min=1e-300) + cphi).clamp(min=1.0))
-        vg = torch.where(valid, (v - (1 - self.eps)) / self.eps, v).clamp(1e-15, 1 - 1e-15)
-        gauss = eta_l + self.width * torch.special.ndtri(vg)
-        return torch.where(use_bw, eta_l + sign * d, gauss)
+        edges = [mx["f_wbw"], mx["f_tbw"], mx["f_ew"], mx["f_et"], mx["f_b"]]
+        cum = torch.cumsum(torch.stack(edges), 0)
+        comp = (v[None] >= cum[:-1]).sum(0)
+        lo_c = torch.cat([torch.zeros_like(v)[None], cum[:-1]])
+        width = torch.stack(edges).clamp(min=1e-300)
+        vv = ((v - torch.gather(lo_c, 0, comp[None])[0])
+              / torch.gather(width, 0, comp[None])[0]).clamp(1e-15, 1 - 1e-15)
+        g = torch.special.ndtri(vv)
+        eta_l = mx["eta_l"]
+        out = torch.where(comp == 0, self._bw_eta(vv, mx["pp_w"], mx["w"], self.m_w, self.g_w),
+                          eta_l + self.width * g)
+        out = torch.where(comp == 2, eta_l + mx["d_w"] * g, out)
+        if self.b is not None:
+            out = torch.where(comp == 1, self._bw_eta(vv, mx["pp_t"], mx["t"], self.m_t,
+                                                      self.g_t), out)
+            out = torch.where(comp == 3, mx["t"][0] + mx["d_t"] * g, out)
+        return out
 
     def log_prob(self, z: Tensor, bal: Tensor, p_plus: Tensor | float = 0.5) -> Tensor:
         """(S, B) log density of ν's η = z[..., ν, 1] given the rest (``p_plus``: see eta)."""
-        eta_l, k, cphi, lo, hi, valid = self._kin(z, bal)
-        de = z[..., self.nu, 1] - eta_l
-        lg = (-0.5 * (de / self.width) ** 2 - math.log(self.width) - 0.5 * math.log(2 * math.pi))
-        s = k * (torch.cosh(de) - cphi)
-        pp = torch.as_tensor(p_plus, dtype=z.dtype)
-        lbr = torch.log(torch.where(de > 0, pp, 1 - pp))
-        lbw = (math.log(1 - self.eps) + lbr + bw_log_density(s, self.m_w, self.g_w, lo, hi)
-               + torch.log(k * torch.sinh(de).abs()))
-        lbw = torch.where(torch.isnan(lbw), -math.inf, lbw)
-        return torch.where(valid, torch.logaddexp(lbw, math.log(self.eps) + lg), lg)
+        mx = self._mixture(z, bal, p_plus)
+        eta = z[..., self.nu, 1]
+
+        def lgauss(c: Tensor, s: Tensor | float) -> Tensor:
+            s = torch.as_tensor(s, dtype=eta.dtype)
+            return -0.5 * ((eta - c) / s) ** 2 - torch.log(s) - 0.5 * math.log(2 * math.pi)
+
+        parts = [torch.log(mx["f_wbw"]) + self._bw_log(eta, mx["pp_w"], mx["w"], self.m_w,
+                                                        self.g_w),
+                 torch.log(mx["f_ew"]) + lgauss(mx["eta_l"], mx["d_w"]),
+                 torch.log(mx["f_b"]) + lgauss(mx["eta_l"], self.width)]
+        if self.b is not None:
+            parts += [torch.log(mx["f_tbw"]) + self._bw_log(eta, mx["pp_t"], mx["t"], self.m_t,
+                                                             self.g_t),
+                      torch.log(mx["f_et"]) + lgauss(mx["t"][0], mx["d_t"])]
+        parts = [torch.where(torch.isnan(p), -math.inf, p) for p in parts]
+        return torch.logsumexp(torch.stack(parts), 0)
 
 
 @dataclass
@@ -239,7 +356,7 @@ class LeptonicTop:
     g_t: float
     eps: float = 0.05
 
-    def _s_top_fn(self, z: Tensor, v: Tensor) -> Any:
+    def _s_top_fn(self, z: Tensor, v: Tensor, w2: float | None = None) -> Any:
         """x = log p_T,b ↦ s_top = m²(b ℓ ν) for both Δη branches of ν; x broadcasts as
         (..., 2, S, B) against the branch signs (+, −) and z (S, B, n, 3), v (S, B, 2)."""
         eta_b, phi_b = z[..., self.b, 1], z[..., self.b, 2]
@@ -247,7 +364,7 @@ class LeptonicTop:
         sign = torch.tensor([1.0, -1.0], dtype=z.dtype).view(2, *([1] * (z.dim() - 2)))
         g_bl = pt_l * pair_g(eta_b, phi_b, eta_l, phi_l)
         cb, sb = torch.cos(phi_b), torch.sin(phi_b)
-        w2 = self.m_w**2
+        w2 = self.m_w**2 if w2 is None else w2
 
         def s_top(x: Tensor) -> Tensor:
             pt_b = torch.exp(x)
@@ -287,7 +404,13 @@ class LeptonicTop:
         d = (f_hi - f_lo) / (hi - lo)
         x = lo - f_lo / torch.where(d > 0, d, 1.0)
         x = torch.where((d > 0) & (x >= lo) & (x <= hi), x, 0.5 * (lo + hi))
-        gam = (self.m_t * self.g_t + self.m_w * self.g_w) / d.abs().clamp(min=1e-6)
+        # The W virtuality moves the root: s_top at the root shifts by ∂s_top/∂s_W · m_WΓ_W
+        # per W width (large where the neutrino sits near its η edge).
+        mg = self.m_w * self.g_w
+        dw = 0.5 * (self._s_top_fn(z, v, self.m_w**2 + mg)(x)
+                    - self._s_top_fn(z, v, max(self.m_w**2 - mg, 1.0))(x))
+        dw = torch.where(torch.isfinite(dw), dw.abs(), mg)
+        gam = (self.m_t * self.g_t + dw) / d.abs().clamp(min=1e-6)
         gs = torch.where(torch.isfinite(gam), gam, 1.0).clamp(1e-3, 1.0)
         return x, gs, found & torch.isfinite(x)
 
@@ -382,4 +505,5 @@ def find_blocks(integrand: Any) -> tuple[list[HadronicChain], NeutrinoBlock | No
         proc = integrand.process
         g_t = float(proc.width(th)) if hasattr(proc, "width") else 1.4
         ltop = LeptonicTop(bs[0], nu.lep, nu.nu, m_w, g_w, float(th["m_t"]), g_t)
+        nu.b, nu.m_t, nu.g_t = bs[0], float(th["m_t"]), g_t
     return chains, nu, ltop

@@ -21,12 +21,19 @@ z. The same samples serve every θ of the grid (correlated errors, smooth scans)
 :math:`\log\hat I` is :math:`\sigma_{\hat I}/\hat I` (delta method). All events of a batch are
 sampled together in rounds; events that reach ``precision`` at every θ leave, the next round
 is what the slowest remaining event needs (at most doubling), up to ``n_max``; between rounds
-the assignment probabilities adapt to the assignments' estimated shares.
+the assignment probabilities and the physics channel's law probabilities (resonance blocks on
+or off) adapt to their estimated shares, and the uniforms that drive the physics channel's map
+are drawn from a per-event law fitted to the weighted samples so far
+(:class:`~unfoldmem.mem.context.UniformLaw`, population Monte Carlo with a defensive uniform
+share). Each round's proposal is fixed before its draws, so every round and their pool are
+unbiased.
 
 References:
     | E. Veach, L. Guibas, "Optimally combining sampling techniques for Monte Carlo
     | rendering", SIGGRAPH 1995 (balance heuristic).
     | A. Butter et al., SciPost Phys. 15 (2023) 094, https://arxiv.org/abs/2210.00019
+    | R. Kleiss, R. Pittau, Comput. Phys. Commun. 83 (1994) 141 (multi-channel adaptation).
+    | O. Cappé et al., J. Comput. Graph. Stat. 13 (2004) 907 (population Monte Carlo).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import torch
 from torch import Tensor
 
 from unfoldmem.mem.channels import Channel, CINNChannel, RecoChannel, SamplingContext
+from unfoldmem.mem.context import UniformLaw, draw_assignments
 from unfoldmem.mem.integrand import (
     FLAG_OK,
     FLAG_ZERO_INTEGRAL,
@@ -59,6 +67,10 @@ _TWO_PI = 2 * math.pi
 #: Share of the assignment draws spread uniformly over the valid assignments once the
 #: probabilities adapt (the rest follows the estimated shares of the integral).
 PICK_FLOOR = 0.05
+#: First probabilities of a channel's laws (:meth:`RecoChannel.laws`: law 0 with every
+#: resonance block on, the rest share LAW_START[1]) and the share kept uniform once they adapt.
+LAW_START = (0.6, 0.4)
+LAW_FLOOR = 0.1
 
 
 @dataclass
@@ -90,16 +102,19 @@ class ISResult:
 class _Acc:
     """Running sums Σw, Σw², max w per channel in a per-(event, θ) log scale."""
 
-    def __init__(self, c: int, b: int, k: int, p: int | None) -> None:
+    def __init__(self, c: int, b: int, k: int, p: int | None, v: int | None = None) -> None:
         z = torch.zeros(c, b, k, dtype=torch.float64)
         self.shift = torch.full((b, k), -math.inf, dtype=torch.float64)
         self.s1, self.s2, self.wmax = z.clone(), z.clone(), z.clone()
         self.n = torch.zeros(c, b, dtype=torch.float64)
         self.nonfinite = torch.zeros(b, dtype=torch.float64)
         self.perm = None if p is None else torch.zeros(c, b, k, p, dtype=torch.float64)
+        self.law = None if v is None else torch.zeros(c, b, k, v, dtype=torch.float64)
 
-    def add(self, c: int, rows: Tensor, logw: Tensor, soft: Tensor | None) -> None:
-        """logw (S, b, K) for events ``rows`` from channel c; soft (S, b, P) assignment shares."""
+    def add(self, c: int, rows: Tensor, logw: Tensor, soft: Tensor | None,
+            soft_law: Tensor | None = None) -> None:
+        """logw (S, b, K) for events ``rows`` from channel c; soft (S, b, P) assignment shares,
+        soft_law (S, b, V) the laws' shares of the law channel's density."""
         bad = torch.isnan(logw)
         self.nonfinite[rows] += bad.any(-1).sum(0).double()
         logw = torch.where(bad, -math.inf, logw)
@@ -112,12 +127,16 @@ class _Acc:
         self.wmax[:, rows] *= fac
         if self.perm is not None:
             self.perm[:, rows] *= fac[..., None]
+        if self.law is not None:
+            self.law[:, rows] *= fac[..., None]
         w = torch.exp(logw - new_safe)
         self.s1[c, rows] += w.sum(0)
         self.s2[c, rows] += (w * w).sum(0)
         self.wmax[c, rows] = torch.maximum(self.wmax[c, rows], w.amax(0))
         if self.perm is not None and soft is not None:
             self.perm[c, rows] += torch.einsum("sbk,sbp->bkp", w, soft)
+        if self.law is not None and soft_law is not None:
+            self.law[c, rows] += torch.einsum("sbk,sbv->bkv", w, soft_law)
         self.n[c, rows] += logw.shape[0]
         self.shift[rows] = new
 
@@ -136,6 +155,8 @@ class _Acc:
                "share": (coef * self.s1).sum(-1) / (coef * self.s1).sum((0, 2)).clamp(min=1e-300)}
         if self.perm is not None:
             out["perm"] = (coef[..., None] * self.perm).sum(0)
+        if self.law is not None:
+            out["law"] = (coef[..., None] * self.law).sum(0)
         return out
 
 
@@ -146,6 +167,23 @@ def _adapted_pick(perm: Tensor, valid: Tensor) -> Tensor:
     n_valid = valid.sum(-1, keepdim=True).clamp(min=1).double()
     prob = torch.where(valid, (1 - PICK_FLOOR) * share + PICK_FLOOR / n_valid, 0.0)
     prob = torch.where(est.sum(-1, keepdim=True) > 0, prob, valid.double() / n_valid)
+    return torch.log(prob)
+
+
+def _adapted_laws(law: Tensor, old: Tensor) -> Tensor:
+    """(B, V) log law probabilities from the laws' estimated shares law (B, K, V): (1 −
+    LAW_FLOOR) × share + LAW_FLOOR × uniform; events without an estimate keep ``old``."""
+    est = law.sum(1)
+    tot = est.sum(-1, keepdim=True)
+    share = est / tot.clamp(min=1e-300)
+    prob = (1 - LAW_FLOOR) * share + LAW_FLOOR / est.shape[-1]
+    return torch.where(tot > 0, torch.log(prob), old)
+
+
+def _start_laws(b: int, v: int) -> Tensor:
+    """(B, V) log of the first law probabilities (LAW_START)."""
+    prob = torch.full((b, v), LAW_START[1] / max(v - 1, 1), dtype=torch.float64)
+    prob[:, 0] = LAW_START[0]
     return torch.log(prob)
 
 
@@ -169,6 +207,8 @@ def importance_sample(
     generator: torch.Generator | None = None,
     batch_limit: int = 2_000_000,
     adapt_assignments: bool = True,
+    adapt_laws: bool = True,
+    adapt_proposal: bool = True,
 ) -> ISResult:
     r"""Estimate :math:`\log\int F(z;\theta_k)dz` for every event and θ point.
 
@@ -186,6 +226,15 @@ def importance_sample(
             ``prep["pick_logp"]``) with probability (1 − PICK_FLOOR) × their estimated share
             of the integral + PICK_FLOOR × uniform (multi-channel adaptation, Kleiss &
             Pittau 1994); every round stays an unbiased estimate, so pooling them is unbiased.
+        adapt_laws: channels with several laws (:meth:`RecoChannel.laws`, resonance blocks on
+            or off) draw them per event with probabilities ``prep["law_logp"]``: LAW_START in
+            the first round, then (1 − LAW_FLOOR) × each law's estimated share of the
+            integral + LAW_FLOOR × uniform (fixed within a round, so every round stays
+            unbiased). False: law 0 only (every block on).
+        adapt_proposal: draw the uniforms of the first physics detector channel from a
+            per-event :class:`~unfoldmem.mem.context.UniformLaw` refitted after each round
+            to the weighted samples so far (a defensive share stays uniform); its samples'
+            weights are divided by the law's density, which keeps every round unbiased.
 
     Returns:
         :class:`ISResult`.
@@ -201,7 +250,17 @@ def importance_sample(
     ctx_all = SamplingContext(integrand, events, prep, sig)
     p = prep["valid"].shape[1]
     track = per_permutation or (adapt_assignments and p > 1)
-    acc = _Acc(len(channels), b, k, p if track else None)
+    n_laws = [len(ch.laws(integrand)) if hasattr(ch, "laws") else 1 for ch in channels]
+    v = max(n_laws)
+    if adapt_laws and v > 1:
+        prep["law_logp"] = _start_laws(b, v)
+    law_chs = {i for i, nv in enumerate(n_laws) if nv == v and adapt_laws and v > 1}
+    acc = _Acc(len(channels), b, k, p if track else None, v if law_chs else None)
+    u_ch = next((i for i, ch in enumerate(channels) if getattr(ch, "physics", False)), None)
+    ulaw = None
+    if adapt_proposal and u_ch is not None:
+        nv = len(channels[u_ch].laws(integrand)) if "law_logp" in prep else 1
+        ulaw = UniformLaw(b, 3 * integrand.n, nv)
     flag = prep["flag"].clone()
     active = flag == FLAG_OK
     n_round = n_start
@@ -216,11 +275,28 @@ def importance_sample(
                 m = min(per_chunk, n_c - done)
                 # (z, assignment) drawn jointly: the integrand and every channel density are
                 # evaluated for the drawn assignment only (see module doc).
-                z, pick = channels[c].sample_joint(m, ctx, generator)
-                lq = torch.logsumexp(torch.stack(
-                    [ch.log_prob_joint(z, pick, ctx) + math.log(float(a)) if a > 0 else
-                     torch.full(z.shape[:2], -math.inf, dtype=torch.float64)
-                     for ch, a in zip(channels, alphas_t, strict=True)]), 0)
+                lh = None
+                if ulaw is not None and c == u_ch:
+                    ch = channels[c]
+                    pick = draw_assignments(m, ctx, generator)
+                    law = ch.draw_laws(m, ctx, generator)
+                    u, lh = ulaw.draw(m, rows, law, generator)
+                    z = ch.transform(u.view(m, len(rows), integrand.n, 3), ctx, pick, law)
+                else:
+                    z, pick = channels[c].sample_joint(m, ctx, generator)
+                parts, soft_law = [], None
+                for i, (ch, a) in enumerate(zip(channels, alphas_t, strict=True)):
+                    if a <= 0:
+                        parts.append(torch.full(z.shape[:2], -math.inf, dtype=torch.float64))
+                    elif i in law_chs:
+                        lv = ch.law_log_prob_joint(z, pick, ctx)  # (V, S, b)
+                        lqc = torch.logsumexp(lv, 0)
+                        if soft_law is None:
+                            soft_law = torch.exp(lv - lqc).nan_to_num(0.0).permute(1, 2, 0)
+                        parts.append(lqc + math.log(float(a)))
+                    else:
+                        parts.append(ch.log_prob_joint(z, pick, ctx) + math.log(float(a)))
+                lq = torch.logsumexp(torch.stack(parts), 0)
                 rest, pout, x1, x2 = integrand.log_rest(z, ctx.events, ctx.prep,
                                                         ctx.kernel_sigma, pick)
                 with torch.no_grad():
@@ -228,10 +304,13 @@ def importance_sample(
                 logw = rest[..., None] + tk - lq[..., None]
                 # A sample the mixture cannot produce (q = 0) carries no weight.
                 logw = torch.where(torch.isneginf(lq)[..., None], -math.inf, logw)
+                if lh is not None:
+                    logw = logw - lh[..., None]
+                    ulaw.add(rows, u, law, logw[..., 0])
                 soft = None
                 if track:
                     soft = torch.nn.functional.one_hot(pick, p).double()
-                acc.add(c, rows, logw, soft)
+                acc.add(c, rows, logw, soft, soft_law)
                 done += m
         total += n_round
         res = acc.result(alphas_t)
@@ -243,6 +322,10 @@ def importance_sample(
         active[rows[reached | zero]] = False
         if adapt_assignments and p > 1:
             prep["pick_logp"] = _adapted_pick(res["perm"], prep["valid"])
+        if law_chs:
+            prep["law_logp"] = _adapted_laws(res["law"], prep["law_logp"])
+        if ulaw is not None:
+            ulaw.refit()
         # Next round: what the slowest active event needs by 1/√n scaling (10 % margin), at
         # most doubling; events that reach the target leave, so rounds stay vectorised.
         still = ~(reached | zero)
