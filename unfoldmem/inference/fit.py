@@ -108,6 +108,7 @@ def grid_objective(
     lik: PerEventLikelihoods,
     weight: Tensor | None = None,
     weight_errors: str = "auto",
+    smooth_degree: int | None = None,
     **sum_kwargs: Any,
 ) -> GridObjective:
     """The interpolated summed lnL of ``lik`` (good events), optionally with replaced weights.
@@ -117,10 +118,16 @@ def grid_objective(
         weight: (N,) weights replacing ``lik.weight`` (a bootstrap, say); None keeps them.
         weight_errors: ``auto`` (sandwich covariance when a weight differs from 1),
             ``sandwich`` or ``hesse`` (weights count identical events); see the module docstring.
+        smooth_degree: fit each event's values by a least-squares polynomial of this degree
+            first (:func:`unfoldmem.inference.smoothing.smooth_grid`; MC-noisy grids).
         sum_kwargs: chunk_size / scheduler / workers for :func:`summed_log_likelihood`.
     """
     if weight is not None:
         lik = PerEventLikelihoods(**{**lik.__dict__, "weight": weight})
+    if smooth_degree is not None:
+        from unfoldmem.inference.smoothing import smooth_grid
+
+        lik = smooth_grid(lik, smooth_degree)
     axes, index = grid_axes(lik.theta_grid)
     lnl, _ = summed_log_likelihood(lik, **sum_kwargs)
     ok = lik.ok()

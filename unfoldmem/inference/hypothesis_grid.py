@@ -62,7 +62,8 @@ class MEMFactory:
     Picklable (card paths, not objects), so Dask workers can build their own.
 
     Arguments:
-        process: process card path. detector: detector card path (None: the default card).
+        process: process card path. detector: detector card path or
+            :class:`~unfoldmem.cards.detector.DetectorCard` (None: the default card).
         transfer: ``"exact"`` or a transfer-flow model directory (learned W).
         normalisation: object with ``log_sigma_fid(θ)`` (e.g.
             :class:`~unfoldmem.mem.normalisation.ReweightNormalisation`), or None.
@@ -70,7 +71,7 @@ class MEMFactory:
     """
 
     process: str | Path
-    detector: str | Path | None = None
+    detector: str | Path | Any = None
     transfer: str | Path = "exact"
     normalisation: Any = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -84,8 +85,11 @@ class MEMFactory:
         from unfoldmem.simulate.detector import ParametricDetector
 
         card = load_card(self.process, "process")
-        det = ParametricDetector(load_card(self.detector, "detector") if self.detector
-                                 else DetectorCard())
+        if isinstance(self.detector, DetectorCard):
+            dcard = self.detector
+        else:
+            dcard = load_card(self.detector, "detector") if self.detector else DetectorCard()
+        det = ParametricDetector(dcard)
         if str(self.transfer) == "exact":
             trans: Any = ExactTransfer(det)
         else:
@@ -122,14 +126,21 @@ def grid_normalisation(factory: MEMFactory, name: str, values: Sequence[float], 
     i.e. the plain MC estimate with its error), then a smooth cubic through the K values
     (:class:`~unfoldmem.mem.normalisation.GridNormalisation`). Reweighting one sample across
     the grid fails for a narrow resonance: the generated masses only cover a few widths.
+
+    Every grid point uses the *same* random numbers (unit-cube points and detector stream:
+    common random numbers), so the samples move with θ and the MC error is mostly common to
+    all points: the slope d log σ_fid/dθ, which shifts the fitted θ, is far more precise than
+    from independent samples (tt̄, 20k events: independent points gave slopes −0.015 and
+    −0.023 /GeV for two seeds; the weighted sample has ESS/n ≈ 0.08). The fit's errors then
+    treat correlated errors as independent: the value is what matters here.
     """
     from unfoldmem.mem.normalisation import GridNormalisation, ReweightNormalisation
 
     det = factory.detector_model
     vals, errs = [], []
-    for k, v in enumerate(values):
+    for v in values:
         had = factory.hadronic({name: float(v)})
-        g = torch.Generator().manual_seed(chunk_seed(seed, k))
+        g = torch.Generator().manual_seed(chunk_seed(seed, 0))
         pt = had(torch.rand(n, had.dim, generator=g, dtype=torch.float64))
         chan = torch.multinomial(pt.channel_weights + 1e-300, 1, generator=g)[:, 0]
         fs = torch.tensor(had.process.final_state)
@@ -183,8 +194,18 @@ def _grid_chunk(args: tuple[Any, ...]) -> np.ndarray:
     for th in points:
         mem = factory(th)
         with torch.no_grad():
-            out.append(mem.log_p_function(events, n_samples=n_samples, seed=s)(th))
-    return torch.stack(out, -1).numpy()
+            out.append(torch.stack(mem.log_p_function(events, n_samples=n_samples, seed=s,
+                                                      with_error=True)(th), -1))
+    return torch.stack(out, -1).numpy()  # (B, 3, K): log P, its MC error, a noise replica
+
+
+def _split(part: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log P, error, noise replica) of a chunk; chunks cached before errors were kept are
+    (B, K)."""
+    if part.ndim == 2:
+        nan = np.full_like(part, math.nan)
+        return part, nan, nan
+    return part[:, 0], part[:, 1], part[:, 2]
 
 
 def _cached(items: list[tuple[Any, ...]], cache: Path, reverse: bool) -> list[np.ndarray]:
@@ -222,8 +243,12 @@ def hypothesis_grid_likelihoods(
         reverse: go through the chunks last first (with ``cache_dir``).
 
     Returns:
-        :class:`PerEventLikelihoods` (N, K); ``log_p_err`` is NaN (fixed samples carry no error
-        estimate); events whose log P is not finite at some point get flag 3 (zero integral).
+        :class:`PerEventLikelihoods` (N, K); ``log_p_err`` is each value's MC standard error
+        from its own sample weights (the errors of one event are correlated across θ by the
+        common random numbers), ``log_p_noise`` a noise replica (half the difference of the
+        even- and odd-sample estimates: same noise and θ-correlation, no signal; for
+        :func:`~unfoldmem.inference.smoothing.select_degree`); events whose log P is −inf at some point (every sample
+        missed) get flag 3 (zero integral), keeping their finite values.
     """
     from unfoldmem.mem.integrand import RecoEvents
     from unfoldmem.mem.likelihood import theta_grid_points
@@ -236,11 +261,14 @@ def hypothesis_grid_likelihoods(
         parts = map_chunks(_grid_chunk, items, scheduler, workers, client)
     else:
         parts = _cached(items, Path(cache_dir), reverse)
-    log_p = torch.from_numpy(np.concatenate(parts))
+    log_p, err, noise = (torch.from_numpy(np.concatenate([_split(q)[j] for q in parts]))
+                         for j in range(3))
+    # a zero estimate (−inf) at some grid points flags the event; its finite values are kept,
+    # so a smooth model (inference.smoothing) can still use it
     bad = ~torch.isfinite(log_p).all(-1)
-    log_p = torch.where(bad[:, None], -math.inf, log_p)
+    log_p = torch.where(torch.isnan(log_p), -math.inf, log_p)
     return PerEventLikelihoods(
-        theta_grid=cols, log_p=log_p, log_p_err=torch.full_like(log_p, math.nan),
+        theta_grid=cols, log_p=log_p, log_p_err=err, log_p_noise=noise,
         weight=torch.ones(n, dtype=torch.float64) if weight is None else weight,
         event_id=torch.arange(n) if event_id is None else event_id,
         flag=torch.where(bad, 3, 0).to(torch.int32))

@@ -41,6 +41,9 @@ class PerEventLikelihoods:
         ess: (N, K) effective sample size of each integral, or ``None``.
         log_sigma_fid: (K,) log σ_fid(θ_k) (pb) or ``None``; bookkeeping only.
         log_sigma_fid_err: (K,) its MC error or ``None``.
+        log_p_noise: (N, K) a noise replica of ``log_p`` (same MC noise, no signal; see
+            :func:`unfoldmem.inference.smoothing.select_degree`) or ``None``; in memory only,
+            not written to files.
     """
 
     theta_grid: dict[str, Tensor]
@@ -52,6 +55,7 @@ class PerEventLikelihoods:
     ess: Tensor | None = None
     log_sigma_fid: Tensor | None = None
     log_sigma_fid_err: Tensor | None = field(default=None)
+    log_p_noise: Tensor | None = field(default=None)
 
     def __post_init__(self) -> None:
         if not self.theta_grid:
@@ -63,7 +67,7 @@ class PerEventLikelihoods:
         self.weight = torch.as_tensor(self.weight, dtype=torch.float64)
         self.event_id = torch.as_tensor(self.event_id, dtype=torch.int64)
         self.flag = torch.as_tensor(self.flag, dtype=torch.int32)
-        for name in ("ess", "log_sigma_fid", "log_sigma_fid_err"):
+        for name in ("ess", "log_sigma_fid", "log_sigma_fid_err", "log_p_noise"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, torch.as_tensor(value, dtype=torch.float64))
@@ -74,7 +78,7 @@ class PerEventLikelihoods:
                 raise ValueError(msg)
         for name, shape in (("log_p_err", (n, k)), ("weight", (n,)), ("event_id", (n,)),
                             ("flag", (n,)), ("ess", (n, k)), ("log_sigma_fid", (k,)),
-                            ("log_sigma_fid_err", (k,))):
+                            ("log_sigma_fid_err", (k,)), ("log_p_noise", (n, k))):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != shape:
                 msg = f"{name} has shape {tuple(value.shape)}, expected {shape}"
@@ -110,6 +114,7 @@ class PerEventLikelihoods:
             event_id=self.event_id[index],
             flag=self.flag[index],
             ess=None if self.ess is None else self.ess[index],
+            log_p_noise=None if self.log_p_noise is None else self.log_p_noise[index],
         )
 
     def ok(self) -> PerEventLikelihoods:

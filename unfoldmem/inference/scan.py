@@ -330,6 +330,7 @@ def scan(
     chunk_size: int | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
+    smooth_degree: int | None = None,
 ) -> Scan1D | Scan2D:
     r"""−2ΔlnL scan over one or two parameters of the grid (others profiled on the grid).
 
@@ -343,10 +344,17 @@ def scan(
     Arguments:
         lik: per-event likelihoods on a rectilinear grid.
         params: one or two parameter names (default: all, which must be one or two).
+        smooth_degree: first replace each event's values by its least-squares polynomial of
+            this degree (1-D grids; :func:`unfoldmem.inference.smoothing.smooth_grid`): for
+            MC-noisy per-event values, which the spline would otherwise interpolate.
 
     Raises:
         InputFileError: a parameter not in the grid, or a grid that is not rectilinear.
     """
+    if smooth_degree is not None:
+        from unfoldmem.inference.smoothing import smooth_grid
+
+        lik = smooth_grid(lik, smooth_degree)
     names = lik.names
     params = list(params or names)
     for p in params:

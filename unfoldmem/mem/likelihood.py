@@ -278,7 +278,8 @@ class MEMLikelihood:
             n_samples=n_samples, seconds=seconds)
 
     def log_p_function(self, events: RecoEvents, n_samples: int = 2048,
-                       seed: int | None = None) -> Callable[[Mapping[str, Any]], Tensor]:
+                       seed: int | None = None, with_error: bool = False,
+                       ) -> Callable[[Mapping[str, Any]], Any]:
         r"""A differentiable θ → (B,) log P(x_i|θ) on fixed samples (for fits and gradients).
 
         Samples (z and the assignment) are drawn once per event from the channel mixture
@@ -286,6 +287,11 @@ class MEMLikelihood:
         the θ-free part of the integrand is stored, and each call re-evaluates only
         :math:`\sum_c f f |M_c(\theta)|^2`, so ``torch.autograd`` gives d log P/dθ through |M|²
         (and through σ_fid when the normalisation is differentiable). Flagged events give −inf.
+        ``with_error=True``: the function returns (log P, its MC standard error, a noise
+        replica), all (B,): the error is :math:`\hat s_w/(\sqrt n\,\bar w)` of the sample
+        weights at that θ (inf where log P = −inf); the replica is half the difference of
+        log P from the even- and odd-numbered samples, which has (to second order) the same
+        noise as log P, correlated across θ like it, and no signal (NaN where a half is empty).
         """
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
@@ -301,7 +307,11 @@ class MEMLikelihood:
             lq = torch.logsumexp(torch.stack([c.log_prob_joint(z, pick, ctx) + math.log(float(w))
                                               for c, w in zip(self.channels, alphas, strict=True)]), 0)
             rest, p, x1, x2 = integ.log_rest(z, events, prep, sig, pick)
-            store.append((rest - lq, p, x1, x2))
+            # as in importance_sample: a sample the mixture cannot produce (q = 0, e.g. a
+            # channel's overflow to pT = inf) or a zero integrand carries no weight; without
+            # this, -inf - (-inf) = NaN made the whole event NaN (more often with more samples)
+            lw = torch.where(torch.isneginf(lq) | torch.isneginf(rest), -math.inf, rest - lq)
+            store.append((torch.where(torch.isnan(lw), -math.inf, lw), p, x1, x2))
         base = torch.cat([s[0] for s in store])
         p = torch.cat([s[1] for s in store])
         x1 = torch.cat([s[2] for s in store])
@@ -309,11 +319,23 @@ class MEMLikelihood:
         total = base.shape[0]
         flag = prep["flag"]
 
-        def log_p(theta: Mapping[str, Any]) -> Tensor:
-            t = integ.log_theta(p, x1, x2, theta)
-            out = torch.logsumexp(base + t, 0) - math.log(total)
+        def log_p(theta: Mapping[str, Any]) -> Any:
+            lw = base + integ.log_theta(p, x1, x2, theta)
+            lse = torch.logsumexp(lw, 0)
+            out = lse - math.log(total)
             if self.normalisation is not None:
                 out = out - self.normalisation.log_sigma_fid(theta)[0]
-            return torch.where(flag == FLAG_OK, out, -math.inf)
+            out = torch.where(flag == FLAG_OK, out, -math.inf)
+            if not with_error:
+                return out
+            with torch.no_grad():
+                # weights relative to their sum: var(w)/(n mean(w)^2) = (n Σ r² − 1)/(n − 1)
+                r = torch.exp(lw - torch.where(torch.isfinite(lse), lse, 0.0))
+                rel2 = (total * (r**2).sum(0) - 1.0).clamp(min=0.0) / max(total - 1, 1)
+                err = torch.where(torch.isfinite(out), torch.sqrt(rel2), math.inf)
+                half = 0.5 * ((torch.logsumexp(lw[0::2], 0) - math.log((total + 1) // 2))
+                              - (torch.logsumexp(lw[1::2], 0) - math.log(max(total // 2, 1))))
+                half = torch.where(torch.isfinite(half) & (flag == FLAG_OK), half, math.nan)
+            return out, err, half
 
         return log_p
