@@ -10,8 +10,9 @@ For Drell–Yan (μ⁺μ⁻) and tt̄ → b μ⁺ν b̄ d ū (one muon, four jet
   reaches the target — no network (``proposal`` says so; ``--epochs N`` adds a cINN for
   Drell–Yan, trained here for N epochs);
 * VEGAS (``vegas_log_integral``): ``vegas.batchintegrand`` on the same change of variables with
-  the assignment as one more VEGAS dimension, 5 adaptation iterations (discarded), then 3
-  iterations per step with ``neval`` raised until 1 %;
+  the assignment and the map (physics map with its laws, or the full-support plain map; the
+  integrand is divided by their mixture density) as two more VEGAS dimensions, 5 adaptation
+  iterations (discarded), then 3 iterations per step with ``neval`` raised until 1 %;
 * the ratio VEGAS / ours (> 1: ours is faster) and the pulls (ours − VEGAS)/σ over the events;
 * where a method stops at its cap short of 1 % (tt̄ events where a parton is lost), also the
   time it would need at 1 % by 1/√n scaling (``ms_per_event_at_target``, ``speedup_at_target``).

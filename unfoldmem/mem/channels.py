@@ -9,11 +9,11 @@ partner's (Drell–Yan), and the assignment is drawn with adaptable probabilitie
 (``prep["pick_logp"]``, see :func:`~unfoldmem.mem.sampling.importance_sample`). For tt̄ the
 channel is a mixture of laws with the hadronic chain and the leptonic top block on or off
 (:meth:`RecoChannel.laws`, probabilities ``prep["law_logp"]``), so events whose top is far off
-shell (a lost parton replaced by an ISR jet) are covered too. Every map is
-exact and its Jacobian is in :meth:`RecoChannel.log_prob`. :class:`CINNChannel` is the cINN
-posterior q(p | x) of A. Butter et al., SciPost Phys. 15 (2023) 094. Both give the density of
-z alone (summed over assignments) and of the pair (z, assignment) that the sampler draws
-(:mod:`unfoldmem.mem.context`).
+shell (a lost parton replaced by an ISR jet) are covered too. Every map is exact and its
+Jacobian is in :meth:`RecoChannel.log_prob`. :class:`CINNChannel`
+(:mod:`unfoldmem.mem.cinn_channel`, re-exported here) is the cINN posterior q(p | x). Both give
+the density of z alone (summed over assignments) and of the pair (z, assignment) that the
+sampler draws (:mod:`unfoldmem.mem.context`).
 
 References:
     | S. Brochet et al., MoMEMta, Eur. Phys. J. C 79 (2019) 126, arXiv:1805.08555
@@ -23,13 +23,14 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from unfoldmem.mem.balance import balance, combine_two_body, others_sum
+from unfoldmem.mem.cinn_channel import CINNChannel
 from unfoldmem.mem.context import (
     Channel,
     SamplingContext,
@@ -131,23 +132,10 @@ class RecoChannel:
             centre = centre + self.offset
         return centre, width, valid
 
-    @staticmethod
-    def _combine_two_body(centre: Tensor, width: Tensor, inv: Tensor,
-                          r: int) -> tuple[Tensor, Tensor]:
-        """Balance makes a visible recoil's (p_T, φ+π) a second measurement of its partner's."""
-        o = 1 - r
-        both = ~inv[..., o] & ~inv[..., r]
-        c, w = centre.clone(), width.clone()
-        for j in (0, 2):
-            cr = centre[..., r, j]
-            if j == 2:
-                cr = centre[..., o, 2] + lorentz.delta_phi(cr + math.pi, centre[..., o, 2])
-            wo, wr = width[..., o, j], width[..., r, j]
-            prec = wo ** -2 + wr ** -2
-            mean = (centre[..., o, j] * wo ** -2 + cr * wr ** -2) / prec
-            c[..., o, j] = torch.where(both, mean, centre[..., o, j])
-            w[..., o, j] = torch.where(both, prec ** -0.5, wo)
-        return c, w
+    # The balance helpers live in mem.balance; these names are the channel's (tests use them).
+    _combine_two_body = staticmethod(combine_two_body)
+    _others_sum = staticmethod(others_sum)
+    _balance = staticmethod(balance)
 
     def _reference(self, ctx: SamplingContext, idx: Tensor) -> Tensor:
         """(B, P, n) reco slot each parton's Gaussian is centred on (−1: broad)."""
@@ -300,22 +288,6 @@ class RecoChannel:
         return chain.combine(g, c[..., chain.a, 0], w[..., chain.a, 0], c[..., chain.b, 0],
                              w[..., chain.b, 0], c[..., k, 0], w[..., k, 0])
 
-    @staticmethod
-    def _others_sum(z: Tensor, integ: MEMIntegrand, skip: int) -> Tensor:
-        """(S, B, 2) Σ p_T of the partons other than the recoil and ``skip``."""
-        keep = torch.ones(integ.n, dtype=torch.bool)
-        keep[[integ.recoil, skip]] = False
-        pt, phi = z[..., keep, 0], z[..., keep, 2]
-        return torch.stack([(pt * torch.cos(phi)).sum(-1), (pt * torch.sin(phi)).sum(-1)], -1)
-
-    @staticmethod
-    def _balance(z: Tensor, integ: MEMIntegrand) -> Tensor:
-        """(S, B, 2) −Σ p_T of the non-recoil partons."""
-        others = torch.ones(integ.n, dtype=torch.bool)
-        others[integ.recoil] = False
-        pt, phi = z[..., others, 0], z[..., others, 2]
-        return -torch.stack([(pt * torch.cos(phi)).sum(-1), (pt * torch.sin(phi)).sum(-1)], -1)
-
     def log_prob(self, z: Tensor, ctx: SamplingContext) -> Tensor:
         """(S, B) log density of the channel at z (S, B, n, 3), summed over assignments and
         laws."""
@@ -439,62 +411,3 @@ class RecoChannel:
             lps.append(lp_v)
             lqs.append(lq_v)
         return torch.stack(lps), torch.stack(lqs)
-
-
-class CINNChannel:
-    """The cINN posterior q(p | x) as a channel (:class:`~unfoldmem.flows.cinn.CINN`).
-
-    Arguments:
-        model: trained cINN whose parton objects are the process final state (``order`` maps
-            process partons to the model's objects).
-        order: (n,) model object index of each process parton (default identity).
-    """
-
-    def __init__(self, model: Any, order: Sequence[int] | None = None) -> None:
-        self.model = model.eval()
-        self.order = None if order is None else torch.as_tensor(order, dtype=torch.long)
-
-    def _idx(self, n: int) -> Tensor:
-        return torch.arange(n) if self.order is None else self.order
-
-    def sample(self, n: int, ctx: SamplingContext, generator: torch.Generator) -> Tensor:
-        """(n, B, n_partons, 3); the flow uses torch's global RNG, re-seeded from ``generator``."""
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            v = self.model.sample_partons(n, ctx.events.objects, ctx.events.mask)
-        return v[..., self._idx(ctx.integrand.n), :3].to(torch.float64)
-
-    def sample_joint(self, n: int, ctx: SamplingContext,
-                     generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """z from the cINN and, independently, an assignment from :func:`pick_log_prob`."""
-        z = self.sample(n, ctx, generator)
-        return z, draw_assignments(n, ctx, generator)
-
-    def log_prob_joint(self, z: Tensor, pick: Tensor, ctx: SamplingContext) -> Tensor:
-        """(S, B) log q(z | x) + log π(pick)."""
-        lpi = torch.gather(pick_log_prob(ctx)[None].expand(len(pick), -1, -1), -1,
-                           pick[..., None])[..., 0]
-        return self.log_prob(z, ctx) + lpi
-
-    def log_prob(self, z: Tensor, ctx: SamplingContext) -> Tensor:
-        """(S, B) log q(z | x) per unit (pt, eta, phi)."""
-        s, b, n, _ = z.shape
-        enc = self.model.parton_encoding
-        n_model = enc.n_objects
-        v = enc.fixed_mass.to(torch.float64).expand(s, b, n_model)[..., None].repeat(1, 1, 1, 4)
-        v[..., self._idx(n), :3] = z
-        v[..., 3] = enc.fixed_mass.to(torch.float64)
-        m = self.model
-        with torch.no_grad():
-            if all(hasattr(m, a) for a in ("context", "flow", "encode_partons")):
-                # the condition network (attention included) runs once per event, not per sample
-                c = m.context(ctx.events.objects, ctx.events.mask)
-                x, ladj = m.encode_partons(v.reshape(s * b, n_model, 4))
-                c = c.expand(s, *c.shape).reshape(s * b, -1)
-                lq = (m.flow(c).log_prob(x).double() + ladj).view(s, b)
-            else:
-                obj = ctx.events.objects.expand(s, *ctx.events.objects.shape).reshape(s * b, -1, 7)
-                msk = ctx.events.mask.expand(s, *ctx.events.mask.shape).reshape(s * b, -1)
-                lq = m.log_prob_partons(v.reshape(s * b, n_model, 4), obj, msk).view(s, b)
-        return torch.where(torch.isnan(lq), -math.inf, lq.double())

@@ -7,10 +7,17 @@ blocks of :mod:`unfoldmem.mem.resonances`), and the jet–parton assignment σ i
 dimension (MoMEMta's permutator): :math:`\sigma = \lfloor u_0 P\rfloor` over the P valid
 assignments, so
 
-.. math:: I = \sum_\sigma \int F_\sigma(z)\,dz = \int_{[0,1]^{3n+1}}
+.. math:: I = \sum_\sigma \int F_\sigma(z)\,dz = \int_{[0,1]^{3n+2}}
     P\,\frac{F_\sigma(z(u))}{q_\sigma(z(u))}\,du ,
 
-with :math:`q_\sigma` the density of the map for assignment σ. VEGAS (adaptive separable
+with :math:`q_\sigma` the density of the map for assignment σ. The physics map reaches only
+resonances within its Breit–Wigner windows (a top far off shell, as when an ISR jet takes a
+lost parton's place, is outside), so a second extra dimension :math:`u_m` picks the physics map
+(:math:`u_m < 1-\beta`) or the plain detector map (``physics=False``, positive everywhere) and
+:math:`q_\sigma` is the mixture :math:`(1-\beta)q^{\rm phys}_\sigma + \beta
+q^{\rm plain}_\sigma` at the point, whichever map drew it: the integral over :math:`u_m` is
+then :math:`\int F_\sigma\,dz` exactly (multi-channel integration, as in MadEvent), and VEGAS
+adapts the share of each map along :math:`u_m`. VEGAS (adaptive separable
 importance sampling on top of the map) adapts for ``nitn_adapt`` iterations (discarded) and then
 integrates, doubling ``neval``, until the relative error of I is below ``precision``. The
 integrand is the same :class:`~unfoldmem.mem.integrand.MEMIntegrand` evaluation, batched
@@ -31,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from unfoldmem.mem.channels import RecoChannel, SamplingContext
 from unfoldmem.mem.integrand import FLAG_OK, FLAG_ZERO_INTEGRAL, MEMIntegrand, RecoEvents
@@ -62,32 +70,85 @@ def _single_assignment(ctx: SamplingContext, pick: torch.Tensor) -> SamplingCont
     return SamplingContext(ctx.integrand, ev, prep, ctx.kernel_sigma.expand(n))
 
 
+# A component of the VEGAS map: a channel, its law (None: the channel has one), its share.
+_Component = tuple[RecoChannel, int | None, float]
+
+
+def _map_log_prob(comps: list[_Component], z: Tensor, ctx: SamplingContext,
+                  zero: Tensor) -> Tensor:
+    """(1, N) log of the components' mixture density Σ_c w_c q_c(z | σ) (−inf outside all)."""
+    parts = []
+    for ch in {id(c[0]): c[0] for c in comps}.values():
+        mine = [(law, w) for c, law, w in comps if c is ch]
+        tot = sum(w for _, w in mine)
+        ctx_ch = ctx
+        if mine[0][0] is not None:
+            lb = torch.full((len(ch.laws(ctx.integrand)),), -math.inf, dtype=torch.float64)
+            for law, w in mine:
+                lb[law] = math.log(w / tot)
+            prep = {**ctx.prep, "law_logp": lb.expand(len(ctx.events), -1)}
+            ctx_ch = SamplingContext(ctx.integrand, ctx.events, prep, ctx.kernel_sigma)
+        parts.append(ch.log_prob_assignment(z, ctx_ch, zero) + math.log(tot))
+    out = torch.logsumexp(torch.stack(parts), 0)
+    return torch.where(torch.isnan(out), -math.inf, out)
+
+
+def _components(integrand: MEMIntegrand, maps: list[tuple[RecoChannel, float]],
+                off_shell_fraction: float) -> list[_Component]:
+    """Split each multi-law channel's share: law 0 (every block on) 1 − ``off_shell_fraction``,
+    the laws with blocks off the rest, equally."""
+    comps: list[_Component] = []
+    for ch, w in maps:
+        n_law = len(ch.laws(integrand))
+        if n_law == 1 or off_shell_fraction <= 0:
+            comps.append((ch, None, w))
+            continue
+        comps.append((ch, 0, w * (1 - off_shell_fraction)))
+        comps += [(ch, v, w * off_shell_fraction / (n_law - 1)) for v in range(1, n_law)]
+    return comps
+
+
 def _one_event(integrand: MEMIntegrand, ctx: SamplingContext, theta: Mapping[str, Any],
-               channel: RecoChannel, precision: float, neval: int, nitn_adapt: int,
-               max_eval: int, seed: int) -> tuple[float, float, int]:
+               comps: list[_Component], precision: float, neval: int,
+               nitn_adapt: int, max_eval: int, seed: int) -> tuple[float, float, int]:
     import vegas
 
     n = integrand.n
     valid = ctx.prep["valid"][0].nonzero()[:, 0]
     n_asg = len(valid)
     extra = 1 if n_asg > 1 else 0
-    dim = 3 * n + extra
+    n_map = 1 if len(comps) > 1 else 0
+    dim = 3 * n + extra + n_map
+    cum = torch.tensor([w for *_, w in comps], dtype=torch.float64).cumsum(0)[:-1]
 
     def logf(u: np.ndarray) -> torch.Tensor:
         ut = torch.from_numpy(np.ascontiguousarray(u))
+        which = torch.zeros(len(ut), dtype=torch.long)
+        if n_map:
+            which = (ut[:, 0:1] >= cum).sum(-1)
+            ut = ut[:, 1:]
         if extra:
             k = (ut[:, 0] * n_asg).long().clamp(max=n_asg - 1)
             ut = ut[:, 1:]
         else:
             k = torch.zeros(len(ut), dtype=torch.long)
-        c1 = _single_assignment(ctx, valid[k])
-        zero = torch.zeros(1, len(k), dtype=torch.long)
-        z = channel.transform(ut.reshape(1, -1, n, 3), c1, zero)
-        lq = channel.log_prob_assignment(z, c1, zero)
-        rest, p, x1, x2 = integrand.log_rest(z, c1.events, c1.prep, c1.kernel_sigma)
-        t = integrand.log_theta(p, x1, x2, theta)
-        out = rest[..., 0] + t - lq + math.log(n_asg)
-        return torch.where(torch.isnan(out), -math.inf, out)[0]
+        out = torch.full((len(ut),), -math.inf, dtype=torch.float64)
+        for m, (channel, law, _) in enumerate(comps):
+            sel = (which == m).nonzero()[:, 0]
+            if not len(sel):
+                continue
+            c1 = _single_assignment(ctx, valid[k[sel]])
+            zero = torch.zeros(1, len(sel), dtype=torch.long)
+            lt = None if law is None else torch.full((1, len(sel)), law, dtype=torch.long)
+            z = channel.transform(ut[sel].reshape(1, -1, n, 3), c1, zero, lt)
+            # The density of the mixture of components, not of the one that drew z: the
+            # integrand over the extra uniform then integrates to ∫F dz whatever covers z.
+            lq = _map_log_prob(comps, z, c1, zero)
+            rest, p, x1, x2 = integrand.log_rest(z, c1.events, c1.prep, c1.kernel_sigma)
+            t = integrand.log_theta(p, x1, x2, theta)
+            o = (rest[..., 0] + t - lq + math.log(n_asg))[0]
+            out[sel] = torch.where(torch.isnan(o), -math.inf, o)
+        return out
 
     rng = np.random.default_rng(seed)
     probe = logf(rng.random((neval, dim)))
@@ -120,8 +181,11 @@ def vegas_log_integral(integrand: MEMIntegrand, events: RecoEvents, theta: Mappi
                        *, detector: Any = None, precision: float = 0.01, neval: int = 2000,
                        nitn_adapt: int = 5, max_eval: int = 4_000_000,
                        kernel_sigma: float = 10.0, reco_scale: float = 1.25,
-                       physics: bool = True, seed: int = 1) -> VegasResult:
-    """log ∫F dz per event at one θ with VEGAS, the assignment a VEGAS dimension (module doc).
+                       physics: bool = True, plain_fraction: float = 0.1,
+                       plain_scale: float = 1.5, off_shell_fraction: float = 0.3,
+                       seed: int = 1) -> VegasResult:
+    """log ∫F dz per event at one θ with VEGAS, the assignment and the map VEGAS dimensions
+    (module doc).
 
     Arguments:
         integrand: the MEM integrand. events: B reco events. theta: one parameter point.
@@ -131,12 +195,23 @@ def vegas_log_integral(integrand: MEMIntegrand, events: RecoEvents, theta: Mappi
         nitn_adapt: adaptation iterations (discarded).
         max_eval: cap on evaluations per event.
         reco_scale, physics: the map (:class:`~unfoldmem.mem.channels.RecoChannel` options).
+        plain_fraction: with ``physics``, the share of the extra uniform that picks the plain
+            detector map (width factor ``plain_scale``), whose support is everything; 0: the
+            physics map alone, whose support misses far off-shell resonances (biased low on
+            events with a lost parton).
+        off_shell_fraction: the share of the physics map given (equally) to its laws with
+            resonance blocks off (:meth:`~unfoldmem.mem.channels.RecoChannel.laws`; tt̄),
+            which cover far off-shell tops near the reco objects.
 
     Returns:
         :class:`VegasResult` with (B,) tensors.
     """
     prep_all = integrand.prepare(events)
-    channel = RecoChannel(detector, scale=reco_scale, physics=physics)
+    maps = [(RecoChannel(detector, scale=reco_scale, physics=physics), 1.0)]
+    if physics and plain_fraction > 0:
+        maps = [(maps[0][0], 1.0 - plain_fraction),
+                (RecoChannel(detector, scale=plain_scale), plain_fraction)]
+    comps = _components(integrand, maps, off_shell_fraction if physics else 0.0)
     b = len(events)
     log_p = torch.full((b,), -math.inf, dtype=torch.float64)
     err = torch.full((b,), math.inf, dtype=torch.float64)
@@ -148,7 +223,7 @@ def vegas_log_integral(integrand: MEMIntegrand, events: RecoEvents, theta: Mappi
         prep = {k: v[i : i + 1] for k, v in prep_all.items()}
         ctx = SamplingContext(integrand, events[i : i + 1], prep,
                               torch.tensor([kernel_sigma], dtype=torch.float64))
-        lg, e, used = _one_event(integrand, ctx, theta, channel, precision, neval, nitn_adapt,
+        lg, e, used = _one_event(integrand, ctx, theta, comps, precision, neval, nitn_adapt,
                                  max_eval, seed + 7919 * i)
         n_eval[i] = used
         if not math.isfinite(lg):
