@@ -309,3 +309,79 @@ def test_deepset_detector_features_with_fixed_parton_features_and_misses():
                    config=OmniFoldConfig(iterations=1, classifier=clf))
     w = res.weights()
     assert w.shape == (n_sim,) and bool(torch.isfinite(w).all()) and bool((w > 0).all())
+
+
+class _Scaled:
+    """p/(1−p) = c·exp(x) with c set by the seed (a mis-calibrated classifier), recording seeds."""
+
+    seeds: list[int] = []  # noqa: RUF012
+
+    def __init__(self, x0: EventFeatures, x1: EventFeatures, w0: Any, w1: Any, cfg: Any) -> None:
+        self.cfg, self.c = cfg, 1.0 + 0.1 * (cfg.seed % 7)
+        _Scaled.seeds.append(cfg.seed)
+
+    def likelihood_ratio(self, f: EventFeatures, *, normalized: bool = True) -> Any:
+        r = self.c * torch.exp(f.globals[:, 0].double())
+        return likelihood_ratio_from_p(r / (1 + r), 0.0, (1.0, 1.0), normalized)
+
+
+def test_step_ensemble_averages_and_sum_rule_normalises() -> None:
+    """step_ensemble = 3 trains three classifiers per step with distinct seeds and averages
+    their ratios; the sum rule rescales each step so that Σ w0·r = Σ w1 on the training sample
+    (exact identity of a likelihood ratio), so the pull's total equals the data's weight sum."""
+    rng = np.random.default_rng(9)
+    x = EventFeatures(torch.from_numpy(rng.normal(size=(500, 1))))
+    _Scaled.seeds = []
+    cfg = OmniFoldConfig(iterations=1, step_ensemble=3, push_refine=False, classifier=CLF)
+    res = omnifold(x, x, x, data_weights=torch.full((500,), 2.0), config=cfg, trainer=_Scaled)
+    assert len(_Scaled.seeds) == 6 and len(set(_Scaled.seeds)) == 6  # step 1 and step 2
+    pull = res.pull[0].numpy()
+    assert np.isclose(pull.sum(), 1000.0, rtol=1e-12)
+    step1 = res.diagnostics[0]["step1"]
+    # mean of c over the three seeds, times exp(x): the factor undoes exactly that mean of c
+    cs = [1.0 + 0.1 * (s % 7) for s in _Scaled.seeds[:3]]
+    raw = np.mean(cs) * np.exp(x.globals[:, 0].double().numpy())
+    assert np.isclose(step1["sum_rule_factor"], 1000.0 / raw.sum(), rtol=1e-10)
+    assert np.allclose(pull, raw * step1["sum_rule_factor"], rtol=1e-10)
+    off = omnifold(x, x, x, trainer=_Scaled, config=OmniFoldConfig(
+        iterations=1, sum_rule=False, push_refine=False, classifier=CLF))
+    assert off.diagnostics[0]["step1"]["sum_rule_factor"] == 1.0
+
+
+class _ShrunkHistogram:
+    """Exact per-bin ratio of the weighted samples on an integer feature, shrunk by ALPHA
+    towards 1: r = 1 + α (S1_b/S0_b − 1), a stand-in for an early-stopped classifier."""
+
+    ALPHA = 0.6
+
+    def __init__(self, x0: EventFeatures, x1: EventFeatures, w0: Any, w1: Any, cfg: Any) -> None:
+        b0, b1 = x0.globals[:, 0].long(), x1.globals[:, 0].long()
+        s0 = torch.zeros(5, dtype=torch.float64).index_add_(0, b0, w0.double())
+        s1 = torch.zeros(5, dtype=torch.float64).index_add_(0, b1, w1.double())
+        self.r = 1 + self.ALPHA * (s1 / s0.clamp_min(1e-300) - 1)
+
+    def likelihood_ratio(self, f: EventFeatures, *, normalized: bool = True) -> Any:
+        return self.r[f.globals[:, 0].long()], {
+            "n_clipped_low": 0, "n_clipped_high": 0, "n_nonfinite_p": 0, "p_min": 0.0,
+            "p_max": 1.0,
+        }
+
+
+def test_push_refine_removes_the_step2_shrinkage() -> None:
+    """Perfect detector, a classifier shrunk by α: the full push misses its pull by
+    (1 − α)(1 − ω) per bin; one refinement round leaves (1 − α)² (1 − ω), i.e. the residual
+    shrinks by exactly (1 − α) (algebra of the two steps, no training noise)."""
+    rng = np.random.default_rng(11)
+    sim = torch.from_numpy(rng.integers(0, 5, 3000).astype(np.float64))
+    data = torch.from_numpy(np.minimum(rng.poisson(2.5, 2000), 4).astype(np.float64))
+    f_sim, f_data = EventFeatures(sim[:, None]), EventFeatures(data[:, None])
+    res = {}
+    for refine in (False, True):
+        cfg = OmniFoldConfig(iterations=1, sum_rule=False, push_refine=refine, classifier=CLF)
+        res[refine] = omnifold(f_data, f_sim, f_sim, config=cfg, trainer=_ShrunkHistogram)
+    omega = res[False].pull[0]
+    assert torch.allclose(res[True].pull[0], omega)
+    plain, refined = res[False].push[1] - omega, res[True].push[1] - omega
+    assert float(plain.abs().max()) > 0.1
+    assert torch.allclose(refined, (1 - _ShrunkHistogram.ALPHA) * plain, rtol=1e-10, atol=1e-12)
+    assert "step2_refine" in res[True].diagnostics[0]
