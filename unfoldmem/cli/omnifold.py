@@ -26,7 +26,7 @@ def omnifold(
     output: Path = typer.Option(Path("out"), "--output", "-o", help="Output directory."),
     ensemble: int = typer.Option(1, "--ensemble", min=1, help="Classifier trainings (seeds)."),
     bootstrap: int = typer.Option(
-        0, "--bootstrap", min=0, help="Poisson bootstrap replicas of the data."
+        0, "--bootstrap", min=0, help="Poisson bootstrap replicas (data and simulation resampled)."
     ),
     features: str = typer.Option("deepset", "--features", help="deepset | mlp (detector level)."),
     epochs: int = typer.Option(40, "--epochs", min=1, help="Maximum classifier epochs."),
@@ -57,7 +57,7 @@ def omnifold(
     import numpy as np
     import uproot
 
-    from unfoldmem.histograms import band, chi2_ndf, weighted_hist
+    from unfoldmem.histograms import chi2_ndf, weighted_hist
     from unfoldmem.io import PARTON_TREE, has_tree, read_detector, read_partons
     from unfoldmem.io.atomic import atomic_path, check_writable
     from unfoldmem.physics.observables import observables_for
@@ -70,6 +70,11 @@ def omnifold(
     )
     from unfoldmem.unfold.ibu import unfold_ibu
     from unfoldmem.unfold.omnifold import OmniFoldConfig, omnifold_replicas
+    from unfoldmem.unfold.omnifold_uncertainty import (
+        chi2_covariance,
+        replica_histograms,
+        unfolded_covariance,
+    )
 
     t0 = time.perf_counter()
     if features not in ("deepset", "mlp"):
@@ -115,6 +120,16 @@ def omnifold(
     )
     nominal = reps["results"][0]
     final = reps["ensemble"].mean(0).numpy()
+    # a replica that diverged carries the weights of an earlier iteration (the prior if it
+    # diverged at once): it would widen the band with a failed training, not with the data's
+    # or the training's spread
+    n_ens = len(reps["ensemble"])
+    ens_w = np.stack([r.numpy() for r, res in zip(reps["ensemble"], reps["results"][:n_ens],
+                                                  strict=True) if not res.diverged]
+                     or [final])
+    boot_w = [r.numpy() for r, res in zip(reps["bootstrap"], reps["results"][n_ens:],
+                                          strict=True) if not res.diverged]
+    boot_w = np.stack(boot_w) if boot_w else np.zeros((0, len(final)))
 
     # parton-level observables of every simulated event (NaN for fakes)
     gen_idx = inp["gen_index"]
@@ -173,20 +188,17 @@ def omnifold(
             obs = next(o for o in observables_for(process) if o.name == name)
             x = gen_obs[name]
             h_of = weighted_hist(x[pg], final[pg], obs.binning, name=name, label=obs.label)
-            # a replica that diverged carries the weights of an earlier iteration (the prior
-            # if it diverged at once): it would widen the band with a failed training, not
-            # with the data's or the training's spread
-            reps_all = [
-                r for r, res in zip([*reps["ensemble"], *reps["bootstrap"]], reps["results"],
-                                    strict=True)
-                if not res.diverged
-            ]
-            if len(reps_all) >= 2:
-                b = band(
-                    np.stack([weighted_hist(x[pg], r.numpy()[pg], obs.binning).values()
-                              for r in reps_all])
-                )
-                h_of.view().variance = h_of.variances() + b.std**2
+            # the band: ensemble members x data+simulation bootstrap replicas
+            # (unfolded_covariance); the histogram's own Σw² is part of it, not added again
+            cov = None
+            if len(boot_w) >= 2:
+                cov = unfolded_covariance(x[pg], ens_w[:, pg], boot_w[:, pg], obs.binning,
+                                          inp["pass_reco"][pg])
+                h_of.view().variance = np.diag(cov.covariance)
+            elif len(ens_w) >= 2:
+                # no bootstrap: the simulation's Σw² plus the training noise of the M-member mean
+                spread = replica_histograms(x[pg], ens_w[:, pg], obs.binning).var(0, ddof=1)
+                h_of.view().variance = h_of.variances() + spread / len(ens_w)
             entry: dict[str, Any] = {
                 "omnifold": h_of.values().tolist(),
                 "edges": h_of.axes[0].edges.tolist(),
@@ -220,7 +232,12 @@ def omnifold(
                     truth[name], truth_w, obs.binning, name=name, label=obs.label
                 )
                 hists[f"{name}_truth"] = h_truth
-                c2, ndf = chi2_ndf(h_of, h_truth)
+                if cov is not None:
+                    c2, ndf = chi2_covariance(h_of.values(), cov.covariance, h_truth.values(),
+                                              h_truth.variances())
+                    c2 = c2 / max(ndf, 1)
+                else:
+                    c2, ndf = chi2_ndf(h_of, h_truth)
                 entry["chi2_ndf_omnifold_vs_truth"] = [c2, ndf]
                 if h_ibu is not None:
                     entry["chi2_ndf_ibu_vs_truth"] = list(chi2_ndf(h_ibu, h_truth))
