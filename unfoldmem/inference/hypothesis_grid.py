@@ -208,17 +208,24 @@ def _split(part: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return part[:, 0], part[:, 1], part[:, 2]
 
 
+def _chunk_file(cache: Path, item: tuple[Any, ...]) -> Path:
+    # first event, chunk length, samples and seed in the name: a cache made with another pool
+    # size, sample count or seed is never read back as this run's chunk
+    _, events, _, n_samples, seed, first = item
+    return cache / f"chunk_{first}_{len(events)}_n{n_samples}_s{seed}.npy"
+
+
 def _cached(items: list[tuple[Any, ...]], cache: Path, reverse: bool) -> list[np.ndarray]:
     cache.mkdir(parents=True, exist_ok=True)
     order = range(len(items) - 1, -1, -1) if reverse else range(len(items))
     for j in order:
-        path = cache / f"chunk_{items[j][-1]}.npy"
+        path = _chunk_file(cache, items[j])
         if not path.exists():
             part = map_chunks(_grid_chunk, [items[j]])[0]
             tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
             np.save(tmp, part)
             tmp.replace(path)
-    return [np.load(cache / f"chunk_{it[-1]}.npy") for it in items]
+    return [np.load(_chunk_file(cache, it)) for it in items]
 
 
 def hypothesis_grid_likelihoods(
@@ -238,8 +245,9 @@ def hypothesis_grid_likelihoods(
         chunk_size: events per chunk (the result does not depend on the executor).
         scheduler, workers, client: Dask, as in :func:`~unfoldmem.inference.scaleout.map_chunks`.
         cache_dir: run here, chunk by chunk, keeping each chunk's (B, K) result in
-            ``cache_dir/chunk_<first>.npy`` and reusing it when present (resumable; two
-            processes, one with ``reverse=True``, share the work of one sample).
+            ``cache_dir/chunk_<first>_<length>_n<samples>_s<seed>.npy`` and reusing it when
+            present (resumable; two processes, one with ``reverse=True``, share the work of one
+            sample).
         reverse: go through the chunks last first (with ``cache_dir``).
 
     Returns:
