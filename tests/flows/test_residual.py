@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from unfoldmem.flows.residual import (
     from_acceptance,
     from_residual,
     match_fraction,
     paired_partons,
+    slot_order,
     to_acceptance,
     to_residual,
+    truth_match,
     velocity_mass,
 )
 from unfoldmem.physics import lorentz
@@ -111,3 +115,42 @@ def test_acceptance_map() -> None:
     out[0, 2, 0], out[1, 2, 1], out[2, 2, 0] = 24.0, 2.6, out[2, 0, 0] + 1.0
     _, l_out = to_acceptance(out, [0, 2], 25.0, 2.5)
     assert l_out[:3].tolist() == [-math.inf] * 3 and bool(torch.isfinite(l_out[3:]).all())
+
+
+def test_truth_match_is_the_least_squares_assignment() -> None:
+    """Reference: scipy's Hungarian solver (linear_sum_assignment) on the ΔR² matrix gives the
+    least Σ ΔR² of events with at least as many valid objects as partons; events with fewer map
+    their first partons only, each onto a distinct valid object (checked by brute force)."""
+    par = _objects(60, 3, 11)
+    obj = _objects(60, 5, 12)
+    valid = torch.rand(60, 5, generator=torch.Generator().manual_seed(3)) < 0.7
+    got = truth_match(par, obj, valid)
+    for b in range(60):
+        vs = valid[b].nonzero()[:, 0].tolist()
+        deta = par[b, :, None, 1] - obj[b, None, vs, 1]
+        dphi = lorentz.delta_phi(par[b, :, None, 2], obj[b, None, vs, 2])
+        d2 = (deta**2 + dphi**2).numpy()
+        m = min(3, len(vs))
+        assert (got[b, m:] == -1).all()
+        if m == 0:
+            continue
+        cols = got[b, :m].tolist()
+        assert len(set(cols)) == m and all(c in vs for c in cols)
+        cost = sum(d2[i, vs.index(c)] for i, c in enumerate(cols))
+        rows, best = linear_sum_assignment(d2[:m])
+        ref = d2[:m][rows, best].sum()
+        brute = min(sum(d2[i, p[i]] for i in range(m))
+                    for p in itertools.permutations(range(len(vs)), m))
+        assert abs(cost - ref) < 1e-9 and abs(cost - brute) < 1e-9
+
+
+def test_slot_order_moves_only_jets() -> None:
+    """Matched jets come first in parton order, unmatched jets keep their order after them,
+    non-jet and padded slots stay where they are (hand-made event)."""
+    reco = torch.arange(7 * 7, dtype=torch.float64).view(7, 7)[None].clone()
+    reco[0, :, 6] = torch.tensor([0.0, 1.0, 3.0, 3.0, 3.0, 3.0, 0.0])
+    is_jet = torch.tensor([[False, False, True, True, True, True, False]])
+    out = slot_order(reco, is_jet, torch.tensor([[4, -1, 2]]))
+    assert out[0, :, 0].tolist() == [reco[0, i, 0] for i in (0, 1, 4, 2, 3, 5, 6)]
+    same = slot_order(reco, is_jet, torch.tensor([[-1, -1, -1]]))
+    assert torch.equal(same, reco)

@@ -14,7 +14,7 @@ from unfoldmem.cards.detector import DetectorCard
 from unfoldmem.cards.model import FlowConfig, TrainingConfig, TransferConfig
 from unfoldmem.flows.residual import velocity_mass
 from unfoldmem.flows.training import train
-from unfoldmem.flows.transfer import TransferFlow, jet_count
+from unfoldmem.flows.transfer import TransferFlow, jet_count, order_jets_by_truth
 from unfoldmem.io import write_events
 from unfoldmem.physics import lorentz
 from unfoldmem.simulate.detector import ParametricDetector
@@ -409,3 +409,20 @@ def test_cli_trained_ttbar_residual_model_keeps_its_pairing(tmp_path: Path, monk
     # (34k events x 8 epochs: -1.3), learned - exact is >~ 0 when converged (W is normalised
     # over the selected events, the exact density includes efficiencies and b-tag probabilities)
     assert -8.0 < float(diff.median()) < 2.0
+
+
+def test_slot_order_of_training_jets_is_the_truth_match() -> None:
+    """Reference: the parametric detector's own parton → jet record (detector_toy puts the jets
+    in that order, ISR jets after in pt order). From pt-ordered jets (pad_reco's order),
+    order_jets_by_truth restores it except where a foreign jet lies nearer a quark in ΔR than
+    its own (0.1 % of 2000 events measured: ≥ 98 % asked on 500); it is idempotent and keeps
+    the objects of each event."""
+    data = detector_toy(500, 7)
+    reco, mask = data["reco"], data["mask"]
+    order = torch.argsort(torch.where(mask, -reco[..., 0], math.inf), dim=-1, stable=True)
+    by_pt = torch.gather(reco, 1, order[..., None].expand(reco.shape))
+    assert float((by_pt == reco).all(-1).all(-1).double().mean()) < 0.2  # pt order is not it
+    slot = order_jets_by_truth(data["partons"], by_pt, mask)
+    assert float((slot == reco).all(-1).all(-1).double().mean()) >= 0.98
+    assert torch.equal(order_jets_by_truth(data["partons"], slot, mask), slot)
+    assert torch.equal(slot[..., 0].sort(-1).values, reco[..., 0].sort(-1).values)

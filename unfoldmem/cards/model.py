@@ -91,7 +91,8 @@ class TransferConfig(StrictModel):
     pairing: Literal["pt", "slot"] = Field(
         "pt",
         description="pt: the i-th jet (pt order) goes with the i-th hardest jet parton; slot: with "
-        "the i-th jet parton in parton order (jets ordered by their truth match)",
+        "the i-th jet parton in parton order (`unfoldmem train` orders the jets by their Delta-R "
+        "truth match; the MEM sums W over the jet assignments)",
     )
     jet_pt_min: NonNegativeFloat = Field(
         0.0,

@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -51,6 +52,8 @@ __all__ = [
     "from_residual",
     "velocity_mass",
     "match_fraction",
+    "truth_match",
+    "slot_order",
     "to_acceptance",
     "from_acceptance",
 ]
@@ -217,3 +220,70 @@ def match_fraction(partons: Tensor, objects: Tensor, valid: Tensor, dr_max: floa
         dr2 = deta * deta + dphi * dphi
         hits += ((dr2 < dr_max * dr_max) & v[:, None, :]).any(-1).double().sum(0)
     return hits / max(n, 1)
+
+
+def truth_match(partons: Tensor, objects: Tensor, valid: Tensor) -> Tensor:
+    r"""Per event, the injective parton → object map of least :math:`\sum \Delta R^2`.
+
+    Used to put training jets into slot order (``pairing: slot``): the object matched to the
+    i-th parton comes i-th. An event with fewer valid objects than partons maps only its first
+    partons (the ones :func:`paired_partons` pairs, in parton order).
+
+    Arguments:
+        partons: (n, k, ≥3) (pt, eta, phi, ...) of the partons to match, in slot order.
+        objects: (n, slots, ≥3) (pt, eta, phi, ...); valid: (n, slots) bool, the candidates.
+
+    Returns:
+        (n, k) long: the object slot of each parton, −1 where the parton is not mapped.
+    """
+    n, k = partons.shape[0], partons.shape[1]
+    cols = valid.any(0).nonzero()[:, 0].tolist()
+    out = torch.full((n, k), -1, dtype=torch.long)
+    if k == 0 or n == 0 or not cols:
+        return out
+    o, v = objects[:, cols], valid[:, cols]
+    deta = partons[:, :, None, 1] - o[:, None, :, 1]
+    dphi = lorentz.delta_phi(partons[:, :, None, 2].double(), o[:, None, :, 2].double())
+    dr2 = (deta * deta + dphi * dphi).double()
+    n_obj = v.sum(-1)
+    first = torch.arange(k)[None, :, None] < n_obj[:, None, None]  # (n, k, 1) parton is mapped
+    big = 1e12  # forbidden pairs: a mapped parton on a dummy column or an unmapped one on an object
+    cost = torch.where(v[:, None, :], torch.where(first, dr2, big), torch.where(first, big, 0.0))
+    if len(cols) < k:  # dummy columns for the unmapped partons
+        cost = torch.cat([cost, torch.where(first, big, 0.0).expand(n, k, k - len(cols))], -1)
+    perms = torch.tensor(list(itertools.permutations(range(cost.shape[-1]), k)), dtype=torch.long)
+    block = max(1, (1 << 22) // (perms.shape[0] * k))
+    rows = torch.arange(k)
+    best = torch.empty(n, dtype=torch.long)
+    for lo in range(0, n, block):
+        c = cost[lo : lo + block][:, rows, perms].sum(-1)  # (b, n_perms)
+        best[lo : lo + block] = c.argmin(-1)  # first minimum: ties keep the given order
+    pick = perms[best]  # (n, k) columns
+    col = torch.tensor(cols + [-1] * max(0, k - len(cols)), dtype=torch.long)[pick]
+    mapped = torch.arange(k)[None] < n_obj[:, None]
+    return torch.where(mapped & (col >= 0), col, -1)
+
+
+def slot_order(reco: Tensor, is_jet: Tensor, matched: Tensor) -> Tensor:
+    """Reco events with their jets in slot order: the jet matched to each parton, in parton
+    order, then the unmatched jets in their given (pt) order; other slots unchanged.
+
+    Arguments:
+        reco: (..., slots, C) padded objects; is_jet: (..., slots) bool, the valid jets.
+        matched: (..., k) long: jet slot of each jet parton (as :func:`truth_match`), −1 none.
+
+    Returns:
+        (..., slots, C): ``reco`` with the valid jets permuted among the valid-jet slots.
+    """
+    slots, k = reco.shape[-2], matched.shape[-1]
+    pos = torch.arange(slots).expand(is_jet.shape)
+    key = torch.where(is_jet, (k + pos).double(), math.inf)
+    ext = torch.cat([key, key.new_full((*key.shape[:-1], 1), math.inf)], -1)
+    ok = matched >= 0
+    rank = torch.arange(k, dtype=torch.float64).expand(matched.shape)
+    ext = ext.scatter(-1, torch.where(ok, matched, slots), torch.where(ok, rank, math.inf))
+    # Non-jet slots sort last in both orders, in position order: the scatter keeps them in place.
+    order = torch.argsort(ext[..., :slots], dim=-1, stable=True)
+    at = torch.argsort(torch.where(is_jet, pos.double(), math.inf), dim=-1, stable=True)
+    src = torch.empty_like(order).scatter_(-1, at, order)
+    return torch.gather(reco, -2, src[..., None].expand(reco.shape))

@@ -67,12 +67,15 @@ from unfoldmem.flows.residual import (
     from_residual,
     match_fraction,
     paired_partons,
+    slot_order,
     to_acceptance,
     to_residual,
+    truth_match,
     velocity_mass,
 )
 
-__all__ = ["LAYOUT_VERSION", "TransferFlow", "TransferDistribution", "jet_count"]
+__all__ = ["LAYOUT_VERSION", "TransferFlow", "TransferDistribution", "jet_count",
+           "order_jets_by_truth"]
 
 JET = 3
 LEPTONS = (1.0, 2.0)
@@ -84,6 +87,29 @@ _JET_DR, _LEPTON_DR, _MIN_MATCH = 0.4, 0.1, 0.5
 def jet_count(reco: Tensor, mask: Tensor) -> Tensor:
     """Number of valid jets per event; (..., slots, 7), (..., slots) -> (...) long."""
     return (mask & (reco[..., 6] == JET)).sum(-1)
+
+
+def order_jets_by_truth(partons: Tensor, reco: Tensor, mask: Tensor) -> Tensor:
+    r"""Training events for ``pairing: slot``: jets in the order of the partons they match.
+
+    The jet partons are those :meth:`TransferFlow.from_data` pairs (matched to a jet within
+    :math:`\Delta R` < 0.4 in more than half of the events); each event's jets go to them by the
+    least :math:`\sum\Delta R^2` (:func:`~unfoldmem.flows.residual.truth_match`), the matched jet
+    of the i-th jet parton first, then the other jets in pt order.
+
+    Arguments:
+        partons: (n, n_partons, 4) (pt GeV, eta, phi, m GeV); reco (n, slots, 7), mask (n, slots).
+
+    Returns:
+        (n, slots, 7): ``reco`` with the jets reordered (other objects unchanged).
+    """
+    is_jet = mask & (reco[..., 6] == JET)
+    jp = (match_fraction(partons, reco[..., :3].double(), is_jet, _JET_DR) > _MIN_MATCH)
+    cand = jp.nonzero()[:, 0].tolist()
+    if not cand:
+        return reco
+    matched = truth_match(partons[:, cand], reco, is_jet)
+    return slot_order(reco, is_jet, matched)
 
 
 def _keep(reco: Tensor, mask: Tensor, cap: int) -> Tensor:

@@ -3,7 +3,8 @@ r"""Transfer functions W(x|p) of the MEM integrand: the exact detector density a
 Transfer function W: :class:`ExactTransfer` (the parametric detector's exact density: matched
 objects, ISR jets for unmatched reco jets with their multiplicity law and b-tag, and the MET) or
 :class:`LearnedTransfer` (the transfer flow of the event's jet multiplicity times the
-reconstruction efficiency ε(p)).
+reconstruction efficiency ε(p); a flow trained with ``pairing: slot`` is summed over the jet
+assignments like the exact W, with the detector card's b-tag law).
 
 
 :meth:`ExactTransfer.log_w` gives W for every allowed assignment
@@ -161,43 +162,124 @@ class LearnedTransfer:
     from the detector card when one is given (the same no-lost-parton model as the exact W),
     else 1.
 
+    A flow trained with ``pairing: pt`` sees the jets in pt order: one "assignment" per event.
+    A flow trained with ``pairing: slot`` (jets in truth-match order) gets W summed over the
+    exact W's jet assignments (:func:`~unfoldmem.mem.assignments.build_assignments`): per
+    assignment, the jets go into the slot order it defines, and with a detector the card's
+    b-tag law (the flow has no b-tag variable: efficiency or mistag rate of the matched parton's
+    flavour at its |η|, light mistag at the reco |η| for unmatched jets) multiplies it.
+
     Arguments:
         model: the trained transfer flow (its parton layout must be the process final state).
-        detector: detector for ε(p), or None.
+        detector: detector for ε(p) and the b-tag law, or None.
     """
 
     kind = "learned"
 
     def __init__(self, model: Any, detector: ParametricDetector | None = None) -> None:
+        from unfoldmem.flows.transfer import TransferFlow
+
         self.model = model
         self.detector = detector
+        mods = model.modules() if isinstance(model, torch.nn.Module) else [model]
+        core = next((m for m in mods if isinstance(m, TransferFlow)), None)
+        self.slot = core is not None and core.config.pairing == "slot"
+        if detector is not None:
+            bt = detector.card.btag
+            self._tag_edges = torch.tensor(bt.eta_edges[1:-1], dtype=torch.float64)
+            self._tag_rates = torch.tensor([bt.mistag_light, bt.mistag_c, bt.efficiency],
+                                           dtype=torch.float64)  # (light, c, b) x |eta| bins
 
     def prepare(self, events: RecoEvents, final_state: Sequence[int]) -> dict[str, Tensor]:
-        """One "assignment" per event; valid where the jet multiplicity is in a flow class."""
+        """Valid where the jet multiplicity is in a flow class; slot pairing: the assignments
+        (``index``, ``valid``, ``n_valid``) and each slot's light-mistag log P(b-tag)."""
         from unfoldmem.flows.transfer import jet_count
 
         cls = self.model.class_of(jet_count(events.objects, events.mask))
-        valid = (cls >= 0)[:, None]
-        return {"valid": valid, "n_valid": valid.sum(-1), "in_class": cls >= 0}
+        if not self.slot:
+            valid = (cls >= 0)[:, None]
+            return {"valid": valid, "n_valid": valid.sum(-1), "in_class": cls >= 0}
+        asg = build_assignments(events, final_state, "exact")
+        out = {"index": asg.index, "valid": asg.valid, "n_valid": asg.n_valid,
+               "in_class": cls >= 0}
+        if self.detector is not None:
+            obj = events.objects
+            tag = obj[..., 4] > 0.5
+            p = self._tag_rates[0][torch.bucketize(obj[..., 1].abs(), self._tag_edges)]
+            out["log_mistag"] = torch.where(tag, torch.log(p), torch.log1p(-p))
+        return out
+
+    def _log_tag(self, partons: Tensor, pdg: Tensor, events: RecoEvents, ip: Tensor,
+                 prep: Mapping[str, Tensor]) -> Tensor:
+        """(S, B) log P(b-tags | partons, assignment): matched jets by their parton's flavour and
+        |η|, the other jets by the light mistag rate at their reco |η|."""
+        s, b, n = ip.shape
+        jp = object_kind(pdg) == KIND_JET
+        a = pdg.abs()
+        flav = torch.where(a == 5, 2, torch.where(a == 4, 1, 0))
+        rate = self._tag_rates[flav[None, None].expand(s, b, n),
+                               torch.bucketize(lorentz.eta(partons).abs(), self._tag_edges)]
+        obj = events.objects
+        tag = torch.gather(obj[None, ..., 4].expand(s, *obj.shape[:2]), 2, ip.clamp(min=0)) > 0.5
+        on = jp & (ip >= 0)
+        matched = torch.where(on, torch.where(tag, torch.log(rate), torch.log1p(-rate)), 0.0)
+        is_jet = events.mask & (obj[..., 6] == _JET)
+        used = torch.zeros(s, b, obj.shape[1] + 1, dtype=torch.bool)
+        used.scatter_(-1, torch.where(on, ip, obj.shape[1]), True)
+        free = is_jet[None] & ~used[..., :-1]
+        return matched.sum(-1) + torch.where(free, prep["log_mistag"][None], 0.0).sum(-1)
+
+    def _log_eff(self, partons: Tensor, pdg: Tensor) -> Tensor:
+        """(S, B) log ε(p): no visible parton lost."""
+        if self.detector is None:
+            return partons.new_zeros(partons.shape[:2])
+        lost = self.detector.log_prob_lost(partons, pdg)
+        kind = object_kind(pdg)
+        vis = (kind == KIND_JET) | (kind == KIND_MUON) | (kind == KIND_ELECTRON)
+        return torch.where(vis, torch.log(-torch.expm1(lost)), 0.0).sum(-1)
+
+    def _flow(self, partons: Tensor, objects: Tensor, mask: Tensor) -> Tensor:
+        """(S, B) float64 log W_flow; partons (S, B, n, 4), objects (S, B, slots, 7)."""
+        s, b, n, _ = partons.shape
+        v = lorentz.to_ptetaphim(partons).reshape(s * b, n, 4)
+        with torch.no_grad():
+            lw = self.model(v).log_prob(objects.reshape(s * b, -1, 7),
+                                        mask.expand(s, *mask.shape).reshape(s * b, -1))
+        return lw.double().view(s, b)
 
     def log_w(self, partons: Tensor, pdg: Tensor, events: RecoEvents,
               prep: Mapping[str, Tensor]) -> Tensor:
-        """(S, B, 1) log W_learned + log ε; partons (S, B, n, 4) lab (E, px, py, pz) GeV."""
-        s, b, n, _ = partons.shape
-        v = lorentz.to_ptetaphim(partons).reshape(s * b, n, 4)
-        obj = events.objects.expand(s, *events.objects.shape).reshape(s * b, -1, 7)
-        msk = events.mask.expand(s, *events.mask.shape).reshape(s * b, -1)
-        with torch.no_grad():
-            lw = self.model(v).log_prob(obj, msk).double().view(s, b)
-        if self.detector is not None:
-            lost = self.detector.log_prob_lost(partons, pdg)
-            kind = object_kind(pdg)
-            vis = (kind == KIND_JET) | (kind == KIND_MUON) | (kind == KIND_ELECTRON)
-            lw = lw + torch.where(vis, torch.log(-torch.expm1(lost)), 0.0).sum(-1)
+        """(S, B, P) log W_learned + log ε per assignment (P = 1 for ``pairing: pt``); partons
+        (S, B, n, 4) lab (E, px, py, pz) GeV; −inf for padded assignments, never NaN."""
+        s, b = partons.shape[:2]
+        if self.slot:
+            p = prep["index"].shape[1]
+            return torch.stack([self.log_w_pick(partons, pdg, events, prep,
+                                                torch.full((s, b), k, dtype=torch.long))
+                                for k in range(p)], -1)
+        obj = events.objects.expand(s, *events.objects.shape)
+        lw = self._flow(partons, obj, events.mask) + self._log_eff(partons, pdg)
         lw = torch.where(prep["in_class"][None], lw, -math.inf)
         return torch.where(torch.isnan(lw), -math.inf, lw)[..., None]
 
     def log_w_pick(self, partons: Tensor, pdg: Tensor, events: RecoEvents,
                    prep: Mapping[str, Tensor], pick: Tensor) -> Tensor:
-        """(S, B) :meth:`log_w` of the one "assignment" (``pick`` is all zeros)."""
-        return self.log_w(partons, pdg, events, prep)[..., 0]
+        """(S, B) :meth:`log_w` at assignment ``pick`` (S, B) (all zeros for ``pairing: pt``)."""
+        if not self.slot:
+            return self.log_w(partons, pdg, events, prep)[..., 0]
+        from unfoldmem.flows.residual import slot_order
+
+        s, b, n, _ = partons.shape
+        idx = prep["index"]
+        ip = torch.gather(idx[None].expand(s, *idx.shape), 2,
+                          pick[..., None, None].expand(s, b, 1, n))[:, :, 0]  # (S, B, n)
+        jets = (object_kind(pdg) == KIND_JET).nonzero()[:, 0]
+        obj = events.objects[None].expand(s, *events.objects.shape)
+        is_jet = (events.mask & (events.objects[..., 6] == _JET))[None].expand(s, -1, -1)
+        ordered = slot_order(obj, is_jet, ip[..., jets])
+        lw = self._flow(partons, ordered, events.mask) + self._log_eff(partons, pdg)
+        if self.detector is not None:
+            lw = lw + self._log_tag(partons, pdg, events, ip, prep)
+        valid = torch.gather(prep["valid"][None].expand(s, -1, -1), 2, pick[..., None])[..., 0]
+        lw = torch.where(prep["in_class"][None] & valid, lw, -math.inf)
+        return torch.where(torch.isnan(lw), -math.inf, lw)
