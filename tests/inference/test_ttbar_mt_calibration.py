@@ -146,3 +146,77 @@ def test_ttbar_mt_calibration_full() -> None:
     for cl in (0.6827, 0.95):
         assert abs(s[f"coverage_{cl:.4f}"] - cl) < 3 * s[f"coverage_{cl:.4f}_err"]
     assert abs(ratio - 1) < 0.15
+
+
+def _train_slot_transfer(path, seed: int = 11):
+    """The learned W of the calibration: `cards/models/transfer_ttbar_noisr.yaml` (one 4-jet
+    class, residual, ``pairing: slot``) trained on 54 000 selected no-ISR events, 6000 per m_t
+    run at 163.5 (×2), 168.5, 173.5 (×3), 178.5 and 183.5 (×2) GeV, jets in ΔR truth-match
+    order (what `unfoldmem train` does for slot pairing). Returns the model directory."""
+    from unfoldmem.cards import load_card
+    from unfoldmem.flows.model_dir import build_model, data_hash, encodings_of, save_model
+    from unfoldmem.flows.training import train
+    from unfoldmem.flows.transfer import TransferFlow, order_jets_by_truth
+    from unfoldmem.physics import lorentz
+
+    factory = MEMFactory(PROCESS, _detector_without_isr(), "exact")
+    objs, masks, parts = [], [], []
+    for j, m in enumerate([163.5, 163.5, 168.5, 173.5, 173.5, 173.5, 178.5, 183.5, 183.5]):
+        ev, p = simulate_selected(factory.hadronic({"m_t": m}), factory.detector_model, 6000,
+                                  {"m_t": m}, seed + 100 * j, _select)
+        objs.append(ev.objects)
+        masks.append(ev.mask)
+        parts.append(p)
+    width = max(o.shape[1] for o in objs)
+    reco = torch.cat([torch.nn.functional.pad(o, (0, 0, 0, width - o.shape[1])) for o in objs])
+    mask = torch.cat([torch.nn.functional.pad(k, (0, width - k.shape[1])) for k in masks])
+    v = lorentz.to_ptetaphim(torch.cat(parts))
+    card = load_card(REPO / "cards/models/transfer_ttbar_noisr.yaml", "model")
+    reco = order_jets_by_truth(v, reco, mask)
+    w = torch.ones(len(v), dtype=torch.float64)
+    torch.manual_seed(card.training.seed)
+    core = TransferFlow.from_data(v, reco, mask, w, card.transfer, card.flow, card.encoding)
+    model = build_model(card, encodings_of(core))
+    core.copy_pairing(model)
+    res = train(model, core.prepare(v, reco, mask, w), card.training, quiet=True)
+    h = data_hash({"partons": v, "reco": reco, "mask": mask, "weight": w})
+    return save_model(path, model.cpu(), card, h, res, n_events=len(v))
+
+
+@pytest.mark.slow
+def test_ttbar_mt_calibration_learned_full(tmp_path) -> None:
+    """The full calibration with the learned W (slot-paired transfer flow summed over the jet
+    assignments) on the events, grid, samples and seeds of the exact-W test: bias < 0.2σ, pull
+    width 1.0 ± 0.1, coverage within 3 binomial standard errors, Fisher × Var = 1 within 15 %;
+    and issue #10's check against the exact W on the same events: the m_t minima of the summed
+    likelihoods differ by less than the exact fit's error. Measured by the same steps run as
+    scripts (examples/ttbar_mt_calibration.py --transfer MODEL --no-isr --n-samples 2048): bias
+    0.17σ, pull width 1.06 ± 0.08, coverage 0.61 / 0.95, Fisher × Var 1.13 ± 0.16; exact vs
+    learned m̂_t 174.06 ± 0.27 vs 174.19 ± 0.26 (at 512 samples), median |Δ log P| 0.63."""
+    model_dir = _train_slot_transfer(tmp_path / "transfer")
+    per_pseudo = 8
+    grid = tuple(np.linspace(M_TRUE - 12, M_TRUE + 12, 9).tolist())
+    factory = MEMFactory(PROCESS, _detector_without_isr(), str(model_dir), config={"seed": 1})
+    events, _ = simulate_selected(factory.hadronic({"m_t": M_TRUE}), factory.detector_model,
+                                  800, {"m_t": M_TRUE}, 1, _select)
+    factory.normalisation = grid_normalisation(factory, "m_t", list(grid), 20000, 2, _select)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WeightWarning)
+        lik = hypothesis_grid_likelihoods(factory, events, {"m_t": list(grid)}, N_FULL, seed=1)
+    ok, degree = _smooth(lik)
+    cal = calibrate(ok, {"m_t": M_TRUE}, n_pseudo=100, seed=1, disjoint=True)
+    s = cal.summary()["m_t"]
+    ratio, _ = _fisher_times_variance(ok, cal, per_pseudo)
+    exact, _ = _smooth(_likelihoods(800, grid, N_FULL, 20000, seed=1))
+    d = (ok.log_p - exact.log_p).abs().median(-1).values.median()
+    r_learned = fit(grid_objective(ok), minos_cls=())
+    r_exact = fit(grid_objective(exact), minos_cls=())
+    print(f"events per degree {np.bincount(degree).tolist()}", s, f"Fisher × Var = {ratio:.3f}",
+          f"median |Δ log P| {float(d):.3f}", r_learned.value("m_t"), r_exact.value("m_t"))
+    assert ok.n_events == 800 and s["n_pseudo"] == 100
+    assert abs(s["bias_over_sigma"]) < 0.2
+    assert abs(s["pull_width"] - 1) < 0.1
+    for cl in (0.6827, 0.95):
+        assert abs(s[f"coverage_{cl:.4f}"] - cl) < 3 * s[f"coverage_{cl:.4f}_err"]
+    assert abs(ratio - 1) < 0.15
+    assert abs(r_learned.value("m_t") - r_exact.value("m_t")) < r_exact.error("m_t")
