@@ -152,11 +152,11 @@ def _train_slot_transfer(path, seed: int = 11):
     """The learned W of the calibration: `cards/models/transfer_ttbar_noisr.yaml` (one 4-jet
     class, residual, ``pairing: slot``) trained on 54 000 selected no-ISR events, 6000 per m_t
     run at 163.5 (×2), 168.5, 173.5 (×3), 178.5 and 183.5 (×2) GeV, jets in ΔR truth-match
-    order (what `unfoldmem train` does for slot pairing). Returns the model directory."""
+    order (``TransferFlow`` does that for slot pairing). Returns the model directory."""
     from unfoldmem.cards import load_card
     from unfoldmem.flows.model_dir import build_model, data_hash, encodings_of, save_model
     from unfoldmem.flows.training import train
-    from unfoldmem.flows.transfer import TransferFlow, order_jets_by_truth
+    from unfoldmem.flows.transfer import TransferFlow
     from unfoldmem.physics import lorentz
 
     factory = MEMFactory(PROCESS, _detector_without_isr(), "exact")
@@ -172,7 +172,6 @@ def _train_slot_transfer(path, seed: int = 11):
     mask = torch.cat([torch.nn.functional.pad(k, (0, width - k.shape[1])) for k in masks])
     v = lorentz.to_ptetaphim(torch.cat(parts))
     card = load_card(REPO / "cards/models/transfer_ttbar_noisr.yaml", "model")
-    reco = order_jets_by_truth(v, reco, mask)
     w = torch.ones(len(v), dtype=torch.float64)
     torch.manual_seed(card.training.seed)
     core = TransferFlow.from_data(v, reco, mask, w, card.transfer, card.flow, card.encoding)

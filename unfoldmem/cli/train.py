@@ -76,10 +76,6 @@ def train(
         msg = "--device cuda asked for, but no CUDA device is available"
         raise typer.BadParameter(msg, param_hint="--device")
     events, partons, v, reco, mask, weight = _training_tensors(data, card)
-    if card.model == "transfer" and card.transfer.pairing == "slot":
-        from unfoldmem.flows.transfer import order_jets_by_truth
-
-        reco = order_jets_by_truth(v, reco, mask)  # slot pairing: jets in truth-match order
     torch.manual_seed(card.training.seed)
     if card.model == "cinn":
         from unfoldmem.flows.cinn import CINN

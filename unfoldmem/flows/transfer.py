@@ -226,7 +226,9 @@ class TransferFlow(nn.Module):
 
         Arguments:
             partons: (n, n_partons, 4) (pt GeV, eta, phi, m GeV).
-            reco: (n, slots, 7) padded reco objects; mask (n, slots) bool.
+            reco: (n, slots, 7) padded reco objects; mask (n, slots) bool. With
+                ``config.pairing == "slot"`` the jets are put in truth-match order first
+                (:func:`order_jets_by_truth`).
             weight: (n,) event weights.
         """
         config = config or TransferConfig()
@@ -235,6 +237,8 @@ class TransferFlow(nn.Module):
             msg = ("the partons are not (pt, eta, phi, m): some pt < 0 or |phi| > pi; pass "
                    "parton_objects(...) (or lorentz.to_ptetaphim of the (E, px, py, pz) momenta)")
             raise ValueError(msg)
+        if config.pairing == "slot":
+            reco = order_jets_by_truth(partons, reco, mask)
         kw = {"relative_phi": encoding.relative_phi, "mass_offset": encoding.mass_offset}
         penc = ObjectEncoding.fit(partons, weight, **kw)
         first = reco[0][mask[0] & (reco[0, :, 6] != JET)]
@@ -382,9 +386,14 @@ class TransferFlow(nn.Module):
     ) -> dict[str, Tensor]:
         """Encode training data once into a dict for :func:`unfoldmem.flows.training.train`.
 
+        With ``pairing: slot`` the jets are first put in truth-match order
+        (:func:`order_jets_by_truth`), as in :meth:`from_data`.
+
         Raises:
             ValueError: events whose jet multiplicity is in no class.
         """
+        if self.config.pairing == "slot":
+            reco = order_jets_by_truth(partons, reco, mask)
         classes = self.class_of(jet_count(reco, mask))
         if bool((classes < 0).any()):
             bad = sorted(set(jet_count(reco, mask)[classes < 0].tolist()))
