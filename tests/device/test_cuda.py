@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from tests.cli.test_omnifold_cli import _sample
 from tests.conftest import REPO
 from tests.flows.test_model_dir import _sim_file
 from tests.flows.test_training import _data, _Flow, _Kill
+from tests.unfold.cli_pipeline import cli
 from tests.unfold.test_cinn_unfold import MODEL_CARD, make_toy, trained_toy
 from unfoldmem.cards.model import TrainingConfig
 from unfoldmem.flows.encoding import pad_reco, parton_objects
@@ -33,17 +33,6 @@ from unfoldmem.io import write_events
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
-
-
-def _cli(monkeypatch: pytest.MonkeyPatch, *args: object) -> int:
-    from unfoldmem.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["unfoldmem", "-q", *map(str, args)])
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def test_training_on_cuda_resumes_exactly(tmp_path: Path) -> None:
@@ -122,13 +111,12 @@ def test_cinn_on_cuda_matches_cpu_density_and_sampling() -> None:
     assert torch.isfinite(lp).all()
 
 
-def test_cli_train_and_unfold_on_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_train_and_unfold_on_cuda(tmp_path: Path) -> None:
     """`unfoldmem train --device cuda` writes a model that loads on the CPU (weights_only) with
     the GPU's density; `unfoldmem unfold --device cuda` writes the same outputs as on the CPU."""
     sim = _sim_file(tmp_path / "sim.root")
     card = REPO / "cards" / "models" / "cinn_demo.yaml"
-    assert _cli(monkeypatch, "train", card, "--data", sim, "-o", tmp_path / "m", "--epochs", "1",
-                "--device", "cuda") == 0
+    cli("train", card, "--data", sim, "-o", tmp_path / "m", "--epochs", "1", "--device", "cuda")
     loaded = load_model(tmp_path / "m")
     assert next(loaded.model.parameters()).device.type == "cpu"
     assert loaded.card.training.epochs == 1 and math.isfinite(loaded.history["train"][-1])
@@ -141,8 +129,8 @@ def test_cli_train_and_unfold_on_cuda(tmp_path: Path, monkeypatch: pytest.Monkey
     outs = {}
     for dev in ("cpu", "cuda"):
         out = tmp_path / f"out_{dev}"
-        assert _cli(monkeypatch, "unfold", tmp_path / "data.root", "--model", mdir, "-n", "16",
-                    "-o", out, "--replicas", "5", "--no-plots", "--device", dev) == 0
+        cli("unfold", tmp_path / "data.root", "--model", mdir, "-n", "16", "-o", out,
+            "--replicas", "5", "--no-plots", "--device", dev)
         outs[dev] = json.loads((out / "summary.json").read_text())
         with uproot.open(out / "unfolded.root") as f:
             assert f["Unfolded"].num_entries == 300 * 16
@@ -154,15 +142,15 @@ def test_cli_train_and_unfold_on_cuda(tmp_path: Path, monkeypatch: pytest.Monkey
         assert abs(outs["cuda"]["calibration_68"][k] - v) < tol, k
 
 
-def test_omnifold_on_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_omnifold_on_cuda(tmp_path: Path) -> None:
     """`unfoldmem omnifold --device cuda` on the Drell–Yan-like toy: finite positive weights
     and the unfolded mean muon pt moves from the simulation's towards the data truth."""
     _sample(tmp_path / "data.root", 1500, 45.0, 1, 0)
     _sample(tmp_path / "sim.root", 3000, 40.0, 2, 100_000)
     out = tmp_path / "out"
-    assert _cli(monkeypatch, "omnifold", tmp_path / "data.root", "--sim", tmp_path / "sim.root",
-                "-k", "1", "-o", out, "--observables", "pt_lminus", "--features", "mlp",
-                "--epochs", "10", "--batch-size", "128", "--device", "cuda") == 0
+    cli("omnifold", tmp_path / "data.root", "--sim", tmp_path / "sim.root", "-k", "1", "-o", out,
+        "--observables", "pt_lminus", "--features", "mlp", "--epochs", "10",
+        "--batch-size", "128", "--device", "cuda")
     with uproot.open(out / "weights.root") as f:
         t = f["OmniFold"]
         w = t["weight"].array(library="np")
