@@ -80,8 +80,7 @@ def run(pool: int, per_pseudo: int, m_true: float, grid: np.ndarray, n_samples: 
     if no_isr:
         from unfoldmem.cards import load_card
 
-        c = load_card(detector, "detector")
-        dcard = c.model_copy(update={"isr": c.isr.model_copy(update={"distribution": "none"})})
+        dcard = load_card(detector, "detector").without_isr()
     factory = MEMFactory(PROCESS, dcard, transfer, config={"seed": seed})
     t0 = time.perf_counter()
     events, _ = simulate_selected(factory.hadronic({"m_t": m_true}), factory.detector_model,

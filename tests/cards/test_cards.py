@@ -62,3 +62,18 @@ def test_wrong_kind_and_bad_yaml(tmp_path):
     card.write_text("kind: spaceship\n")
     with pytest.raises(CardError, match="expected one of: process"):
         load_card(card)
+
+
+def test_detector_card_without_isr_changes_only_the_isr_law() -> None:
+    """`without_isr` switches the ISR jets off (distribution none) and keeps everything else;
+    the original card is not modified."""
+    from unfoldmem.cards import load_card
+
+    card = load_card(Path(__file__).resolve().parents[2] / "cards/detectors/default.yaml",
+                     "detector")
+    assert card.isr.distribution != "none"
+    off = card.without_isr()
+    assert off.isr.distribution == "none" and card.isr.distribution != "none"
+    assert off.model_dump(exclude={"isr"}) == card.model_dump(exclude={"isr"})
+    assert off.isr.model_dump(exclude={"distribution"}) == card.isr.model_dump(
+        exclude={"distribution"})

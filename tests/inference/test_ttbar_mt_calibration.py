@@ -65,8 +65,7 @@ def _detector_without_isr():
     """The default detector card with ISR jets off (see the module docstring)."""
     from unfoldmem.cards import load_card
 
-    card = load_card(DETECTOR, "detector")
-    return card.model_copy(update={"isr": card.isr.model_copy(update={"distribution": "none"})})
+    return load_card(DETECTOR, "detector").without_isr()
 
 
 @cache

@@ -203,3 +203,7 @@ class DetectorCard(StrictModel):
             )
             raise ValueError(msg)
         return self
+
+    def without_isr(self) -> DetectorCard:
+        """This card with no ISR jets (``isr.distribution: none``), everything else the same."""
+        return self.model_copy(update={"isr": self.isr.model_copy(update={"distribution": "none"})})

@@ -216,9 +216,7 @@ def generate_file_pythia(
     settings = pythia_settings(integrand.process.name, theta_rec, integrand.sqrt_s,
                                dict(integrand.cuts))
     chain = PythiaChain(settings, seed)
-    card = detector.model_copy(update={"isr": detector.isr.model_copy(
-        update={"distribution": "none"})})
-    det = ParametricDetector(card)
+    det = ParametricDetector(detector.without_isr())
     det_rng = torch.Generator().manual_seed(seed * 1_000_003 + 11)
     meta = {"seed": seed, "process": integrand.process.name, "theta": theta_rec,
             "detector": detector.name, "chain": "pythia", "pythia": settings, **(metadata or {})}
