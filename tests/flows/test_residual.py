@@ -145,12 +145,19 @@ def test_truth_match_is_the_least_squares_assignment() -> None:
 
 
 def test_slot_order_moves_only_jets() -> None:
-    """Matched jets come first in parton order, unmatched jets keep their order after them,
-    non-jet and padded slots stay where they are (hand-made event)."""
+    """Matched jets come first in parton order, unmatched jets after them in descending pt,
+    non-jet and padded slots stay where they are (hand-made event); pt-ordered input with no
+    match is unchanged, and unmatched jets out of pt order (a toy given in slot order) are
+    put back in pt order."""
     reco = torch.arange(7 * 7, dtype=torch.float64).view(7, 7)[None].clone()
+    reco[0, :, 0] = torch.tensor([70.0, 60.0, 50.0, 40.0, 30.0, 20.0, 10.0])
     reco[0, :, 6] = torch.tensor([0.0, 1.0, 3.0, 3.0, 3.0, 3.0, 0.0])
     is_jet = torch.tensor([[False, False, True, True, True, True, False]])
     out = slot_order(reco, is_jet, torch.tensor([[4, -1, 2]]))
-    assert out[0, :, 0].tolist() == [reco[0, i, 0] for i in (0, 1, 4, 2, 3, 5, 6)]
+    assert out[0, :, 1].tolist() == [reco[0, i, 1] for i in (0, 1, 4, 2, 3, 5, 6)]
     same = slot_order(reco, is_jet, torch.tensor([[-1, -1, -1]]))
     assert torch.equal(same, reco)
+    swapped = reco.clone()
+    swapped[0, [3, 5]] = reco[0, [5, 3]]
+    out = slot_order(swapped, is_jet, torch.tensor([[4, -1, 2]]))
+    assert out[0, :, 0].tolist() == [70.0, 60.0, 30.0, 50.0, 40.0, 20.0, 10.0]

@@ -266,7 +266,7 @@ def truth_match(partons: Tensor, objects: Tensor, valid: Tensor) -> Tensor:
 
 def slot_order(reco: Tensor, is_jet: Tensor, matched: Tensor) -> Tensor:
     """Reco events with their jets in slot order: the jet matched to each parton, in parton
-    order, then the unmatched jets in their given (pt) order; other slots unchanged.
+    order, then the unmatched jets in descending pt order; other slots unchanged.
 
     Arguments:
         reco: (..., slots, C) padded objects; is_jet: (..., slots) bool, the valid jets.
@@ -277,7 +277,13 @@ def slot_order(reco: Tensor, is_jet: Tensor, matched: Tensor) -> Tensor:
     """
     slots, k = reco.shape[-2], matched.shape[-1]
     pos = torch.arange(slots).expand(is_jet.shape)
-    key = torch.where(is_jet, (k + pos).double(), math.inf)
+    # Unmatched jets by descending pt, not by position: an input already in slot order (a
+    # toy's partons' jets first, ISR after) whose ΔR match differs would otherwise leave them
+    # out of pt order. For pt-ordered input this is the given order.
+    by_pt = torch.argsort(torch.where(is_jet, -reco[..., 0].double(), math.inf), dim=-1,
+                          stable=True)
+    pt_rank = torch.empty_like(by_pt).scatter_(-1, by_pt, pos.clone())
+    key = torch.where(is_jet, (k + pt_rank).double(), math.inf)
     ext = torch.cat([key, key.new_full((*key.shape[:-1], 1), math.inf)], -1)
     ok = matched >= 0
     rank = torch.arange(k, dtype=torch.float64).expand(matched.shape)
