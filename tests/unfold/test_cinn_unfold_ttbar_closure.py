@@ -1,0 +1,304 @@
+"""tt̄ closure of `unfoldmem unfold` against a different truth: a reweighted top-pt spectrum.
+
+Simulation: generated g g, q q̄ → t t̄ → b μ⁺ν b̄ d ū (``cards/runs/ttbar_small.yaml``, seed 1)
+through the default parametric detector. Data: an independent generation (seed 101) thinned
+by accept–reject with the known weight w = 1 + p_T(t)/(150 GeV) (:func:`top_pt_weight`; at LO
+both tops have the same p_T), which raises the mean top p_T by 20 % (126 → 150 GeV) and keeps
+the generator's own (unit) weights, like real data. A small cINN (resonance coordinates, a
+3-member deep ensemble for the model uncertainty) is trained on the simulation
+(`unfoldmem train`) and unfolds the data once and with iterative prior removal
+(`unfoldmem unfold --iterations 2 --sim`), all through the CLI.
+
+Independent reference: a fourth generation (seed 301), thinned with the same weight, three
+times the data's size, scaled to the data's number of passing events; the χ² adds its Poisson
+variance to the errors `unfoldmem unfold` reports (bootstrap ⊕ ensemble). The tool's own
+closure in ``summary.json`` compares with the data's own truth, i.e. the same events, whose
+shared fluctuations make that χ² about half as large (reported alongside, not asserted).
+Per-event 68 % calibration: a held-out simulated sample (seed 201) with the simulation's truth.
+To show the comparison can fail, the prior (the simulation's truth) is compared with the
+reference with the one-pass errors.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import numpy as np
+import pytest
+
+from tests.unfold.cli_pipeline import ROOT, accept_reject, cli, unfold
+
+PROCESS = "ttbar_semileptonic"
+#: the top-pt weight's scale: w = 1 + p_T(t) / PT_SCALE
+PT_SCALE = 150.0
+#: identically constant at LO (p_T of the tt̄ pair is 0): no calibration, χ² not asserted
+CONSTANT = ("pt_tt",)
+TOP_PT = ("pt_t_had", "pt_t_lep")
+
+#: resonance coordinates (the package's tt̄ default: p_T(t) is a flow coordinate) and a
+#: 3-member deep ensemble, whose spread is the reported model uncertainty
+CARD = (
+    "kind: model\nname: tt_resonances\nmodel: cinn\n"
+    "encoding: {max_jets: 6, max_leptons: 2, parton_coordinates: resonances}\n"
+    "flow: {transforms: 4, bins: 8, hidden: [64, 64]}\n"
+    "condition: {embed: 32, hidden: [64], context: 16}\n"
+    "training: {epochs: 20, batch_size: 256, lr: 0.002, patience: 0, seed: 1}\n"
+    "uncertainty: {method: ensemble, members: 3}\n"
+)
+#: the same with the on-shell coordinates of test_cinn_unfold_onshell.py (docs' comparison)
+ONSHELL_CARD = CARD.replace("resonances", "onshell")
+#: measured failures (docs/unfolding.md, "tt̄ closure with a reweighted top-pt spectrum"):
+#: iterative χ²/ndf against the reference ≥ 1.5 or held-out calibration outside 0.63–0.73.
+#: The held-out simulated events (same truth as the training) fail 8 of them too (η(b_lep)
+#: and p_T(q₁) pass there, the prior passes η(b_lep)): model inaccuracy of this small
+#: network, not prior dependence.
+KNOWN_FAILING = ("pt_lepton", "eta_lepton", "pt_neutrino", "pt_b_lep", "eta_b_lep", "pt_b_had",
+                 "eta_b_had", "pt_q1", "pt_q2", "eta_q2")
+
+
+def top_pt_weight(partons: ak.Array) -> np.ndarray:
+    """w = 1 + p_T(t_had)/(150 GeV) per parton event, (n,); ⟨p_T⟩ rises from 126 to 150 GeV."""
+    from unfoldmem.unfold.features import parton_observables
+
+    _, obs = parton_observables(partons, ["pt_t_had"], PROCESS)
+    return 1.0 + obs["pt_t_had"] / PT_SCALE
+
+
+@dataclass
+class ClosureConfig:
+    """Sizes and settings of one closure run (defaults: the slow test's)."""
+
+    n_sim: int = 16000
+    n_data_generated: int = 14000
+    n_heldout: int = 4000
+    n_reference: int = 42000
+    card: str = CARD
+    samples: int = 30
+    iterations: int = 2
+    retrain_epochs: int = 10
+    plots: bool = False
+    extra_unfold: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _values(hist: dict[str, Any]) -> np.ndarray:
+    return np.array([np.nan if x is None else x for x in hist], dtype=np.float64)
+
+
+def _mean(values: np.ndarray, edges: np.ndarray) -> float:
+    c = 0.5 * (edges[1:] + edges[:-1])
+    return float((values * c).sum() / values.sum())
+
+
+def truth_histograms(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Parton truth of the events of ``path`` that pass the selection, in every observable's
+    binning: ``{name: (Σw, Σw²)}``."""
+    from unfoldmem.io import read_partons
+    from unfoldmem.physics.observables import observables_for
+    from unfoldmem.unfold.features import parton_observables
+    from unfoldmem.unfold.uncertainty import edges_of
+
+    pa = read_partons(path)
+    pa = pa[np.asarray(pa.pass_reco)]
+    w = np.asarray(pa.weight, dtype=np.float64)
+    _, vals = parton_observables(pa, None, PROCESS)
+    out = {}
+    for o in observables_for(PROCESS):
+        e = edges_of(o.binning)
+        out[o.name] = (np.histogram(vals[o.name], e, weights=w)[0],
+                       np.histogram(vals[o.name], e, weights=w * w)[0])
+    return out
+
+
+def chi2_ndf(values: np.ndarray, variance: np.ndarray,
+             ref: tuple[np.ndarray, np.ndarray], scale: float) -> float:
+    """χ²/ndf of a histogram (values, variance) against ``scale`` × an independent reference
+    (Σw, Σw²). As in the tool's closure (:func:`unfoldmem.unfold.report.closure`) the
+    reference's variance is the larger of its observed scale²·Σw² and the scale·value a
+    reference agreeing with the histogram would have (Pearson), so that an empty reference
+    bin does not get zero variance; bins with zero summed variance are left out."""
+    d = values - scale * ref[0]
+    den = variance + np.maximum(scale**2 * ref[1], scale * np.abs(values))
+    ok = np.isfinite(d) & (den > 0)
+    return float((d[ok] ** 2 / den[ok]).sum() / max(int(ok.sum()), 1))
+
+
+def run_closure(work: Path, cfg: ClosureConfig | None = None) -> dict[str, Any]:
+    """Generate, thin, train, unfold (one pass, iterative, held-out); collect the figures.
+
+    Returns:
+        ``{"one_pass", "iterative", "heldout"}`` summaries of `unfoldmem unfold`; ``"chi2"``:
+        per observable χ²/ndf against the independent reference (scaled to the data's number
+        of passing events) of one pass, iterative and the prior (the simulation's truth,
+        scaled the same way, with the one-pass errors); ``"mean_pt_t"``: ⟨p_T(t_had)⟩ in
+        0–500 GeV of the reference, the data's own truth, prior, one pass and iterative, with
+        the reference mean's error, and of the held-out sample (unfolded and truth); ``"thinning"`` and ``"seconds"`` per stage.
+    """
+    cfg = cfg or ClosureConfig()
+    run = ROOT / "cards/runs/ttbar_small.yaml"
+    sim, held = work / "sim.root", work / "heldout.root"
+    sec: dict[str, float] = {}
+    t = time.perf_counter()
+    cli("generate", run, "-n", cfg.n_sim, "-o", sim, "--seed", 1)
+    cli("generate", run, "-n", cfg.n_heldout, "-o", held, "--seed", 201)
+    thin = {}
+    for name, n, seed in (("data", cfg.n_data_generated, 101), ("reference", cfg.n_reference, 301)):
+        gen = work / f"{name}_generated.root"
+        cli("generate", run, "-n", n, "-o", gen, "--seed", seed)
+        thin[name] = accept_reject(gen, work / f"{name}.root", top_pt_weight, seed=seed + 1)
+    data = work / "data.root"
+    sec["generate"] = time.perf_counter() - t
+    card, model = work / "card.yaml", work / "model"
+    card.write_text(cfg.card)
+    t = time.perf_counter()
+    cli("train", card, "--data", sim, "-o", model)
+    sec["train"] = time.perf_counter() - t
+    plots = () if cfg.plots else ("--no-plots",)
+    common = (*plots, "--phase-space", "reco", *cfg.extra_unfold)
+    res: dict[str, Any] = {"thinning": thin, "config": cfg.__dict__, "seconds": sec}
+    t = time.perf_counter()
+    res["one_pass"] = unfold(data, model, work / "one_pass", cfg.samples, *common)
+    sec["unfold_one_pass"] = time.perf_counter() - t
+    t = time.perf_counter()
+    res["heldout"] = unfold(held, model, work / "heldout", cfg.samples, *common)
+    sec["unfold_heldout"] = time.perf_counter() - t
+    t = time.perf_counter()
+    res["iterative"] = unfold(data, model, work / "iterative", cfg.samples, *common, "--sim", sim,
+                              "--iterations", cfg.iterations,
+                              "--retrain-epochs", cfg.retrain_epochs)
+    sec["unfold_iterative"] = time.perf_counter() - t
+    return analyse(work, res)
+
+
+def analyse(work: Path, res: dict[str, Any]) -> dict[str, Any]:
+    """Add ``"chi2"`` and ``"mean_pt_t"`` (see :func:`run_closure`) to the summaries ``res``
+    of a closure run in ``work``."""
+    sim, held, data = (work / f"{n}.root" for n in ("sim", "heldout", "data"))
+    thin = res["thinning"]
+    ref = truth_histograms(work / "reference.root")
+    own = truth_histograms(data)
+    prior = truth_histograms(sim)
+    n_pass = res["one_pass"]["events"]
+    scale = n_pass / thin["reference"]["kept_pass"]
+    res["chi2"] = {}
+    for name, (pv, pvar) in prior.items():
+        h1, hk = res["one_pass"]["observables"][name], res["iterative"]["observables"][name]
+        var1, p_scale = _values(h1["total"]) ** 2, n_pass / pv.sum()
+        res["chi2"][name] = {
+            "one_pass": chi2_ndf(_values(h1["values"]), var1, ref[name], scale),
+            "iterative": chi2_ndf(_values(hk["values"]), _values(hk["total"]) ** 2, ref[name],
+                                  scale),
+            "prior": chi2_ndf(pv * p_scale, var1 + pvar * p_scale**2, ref[name], scale),
+        }
+    edges = np.asarray(res["one_pass"]["observables"]["pt_t_had"]["edges"])
+    rv = ref["pt_t_had"][0]
+    c = 0.5 * (edges[1:] + edges[:-1])
+    m = _mean(rv, edges)
+    res["mean_pt_t"] = {
+        "reference": m,
+        "reference_error": float(np.sqrt((rv * (c - m) ** 2).sum() / rv.sum() / rv.sum())),
+        "data_truth": _mean(own["pt_t_had"][0], edges),
+        "prior": _mean(prior["pt_t_had"][0], edges),
+        **{k: _mean(_values(res[k]["observables"]["pt_t_had"]["values"]), edges)
+           for k in ("one_pass", "iterative", "heldout")},
+        "heldout_truth": _mean(truth_histograms(held)["pt_t_had"][0], edges),
+    }
+    return res
+
+
+def chi2_table(res: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per observable: χ²/ndf vs the independent reference (one pass / iterative / prior),
+    the tool's own χ²/ndf vs the data's truth (same events) and vs the held-out simulated
+    events' truth, and the 68 % calibrations."""
+    out = {}
+    for name, c in res["chi2"].items():
+        out[name] = {
+            **c,
+            "tool_one_pass": res["one_pass"]["closure"][name]["chi2_ndf"],
+            "tool_iterative": res["iterative"]["closure"][name]["chi2_ndf"],
+            "heldout": res["heldout"]["closure"][name]["chi2_ndf"],
+            "calib_heldout": res["heldout"]["calibration_68"].get(name),
+            "calib_one_pass": res["one_pass"]["calibration_68"].get(name),
+            "calib_iterative": res["iterative"]["calibration_68"].get(name),
+        }
+    return out
+
+
+def test_accept_reject_thins_to_the_reweighted_spectrum(tmp_path: Path) -> None:
+    """The thinned file follows w · f_generator (reference: the weighted mean of the whole
+    generated sample, exact for accept–reject), keeps unit generator weights and whole events
+    (every kept detector event has its parton event and vice versa for passing ones)."""
+    from unfoldmem.io import read_detector, read_partons
+
+    gen, out = tmp_path / "gen.root", tmp_path / "thin.root"
+    cli("generate", ROOT / "cards/runs/ttbar_small.yaml", "-n", 3000, "-o", gen, "--seed", 11)
+    stats = accept_reject(gen, out, top_pt_weight, seed=3)
+    pa_all, pa, ev = read_partons(gen), read_partons(out), read_detector(out)
+    w = top_pt_weight(pa_all)
+    pt_all = w - 1.0  # p_T(t) / 150 GeV
+    p = stats["kept"] / stats["generated"]
+    expect = w.mean() / w.max()
+    assert abs(p - expect) < 4 * np.sqrt(expect * (1 - expect) / len(w)), (p, expect)
+    kept = top_pt_weight(pa) - 1.0
+    # the kept mean against the w-weighted mean of all events, 4σ of the kept sample's mean
+    target = float((w * pt_all).sum() / w.sum())
+    assert abs(kept.mean() - target) < 4 * kept.std() / np.sqrt(len(kept)), (kept.mean(), target)
+    assert kept.mean() > pt_all.mean() + 4 * kept.std() / np.sqrt(len(kept))
+    np.testing.assert_array_equal(np.sort(np.asarray(ev.event_id)),
+                                  np.sort(np.asarray(pa.event_id)[np.asarray(pa.pass_reco)]))
+    assert stats["kept_pass"] == len(ev)
+    assert np.array_equal(np.asarray(pa.weight),
+                          np.asarray(pa_all.weight)[np.isin(np.asarray(pa_all.event_id),
+                                                            np.asarray(pa.event_id))])
+
+
+@pytest.fixture(scope="module")
+def closure(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    res = run_closure(tmp_path_factory.mktemp("tt_closure"))
+    res["table"] = chi2_table(res)
+    for name, row in res["table"].items():
+        print(name, {k: None if v is None else round(v, 3) for k, v in row.items()})
+    print("mean pt_t", res["mean_pt_t"], "seconds", res["seconds"])
+    return res
+
+
+@pytest.mark.slow
+def test_ttbar_top_pt_closure_one_pass_vs_iterative(closure: dict[str, Any]) -> None:
+    """The reweighted observable: the prior (simulation truth) fails the top-pt χ² against the
+    independent reference with the one-pass errors; the one pass is pulled towards the prior
+    (⟨p_T(t)⟩ more than 2σ of the reference mean low), iterating shrinks that bias and closes
+    (χ²/ndf < 1.5); on held-out simulated events the same network is unbiased in ⟨p_T(t)⟩
+    (3σ of their truth mean), so the one-pass bias is the prior's. Every observable outside
+    KNOWN_FAILING closes after iterating and is calibrated on held-out events."""
+    tab, m = closure["table"], closure["mean_pt_t"]
+    assert set(closure["heldout"]["calibration_skipped"]) == set(CONSTANT)
+    for name in TOP_PT:
+        assert tab[name]["prior"] > 1.5, (name, tab[name])
+    bias_one, bias_it = m["one_pass"] - m["reference"], m["iterative"] - m["reference"]
+    assert bias_one < -2 * m["reference_error"], m
+    assert abs(bias_it) < abs(bias_one), m
+    sigma_held = m["reference_error"] * np.sqrt(closure["thinning"]["reference"]["kept_pass"]
+                                                / closure["heldout"]["events"])
+    assert abs(m["heldout"] - m["heldout_truth"]) < 3 * sigma_held, m
+    for name, row in tab.items():
+        if name in CONSTANT or name in KNOWN_FAILING:
+            continue
+        assert row["iterative"] < 1.5, (name, row)
+        assert 0.63 <= row["calib_heldout"] <= 0.73, (name, row)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="lepton, neutrino, b and light-quark pt/η fail: the "
+                   "small cINN's own inaccuracy (8 of the 10 fail on held-out simulated events)")
+def test_ttbar_every_observable_closes(closure: dict[str, Any]) -> None:
+    """Issue #8's criterion for every standard tt̄ observable except pt_tt (0 at LO): χ²/ndf < 1.5
+    after iterating and per-event 68 % calibration in [0.63, 0.73] on held-out events."""
+    bad = {name: (round(row["iterative"], 2), row["calib_heldout"])
+           for name, row in closure["table"].items()
+           if name not in CONSTANT
+           and not (row["iterative"] < 1.5 and 0.63 <= row["calib_heldout"] <= 0.73)}
+    assert not bad, bad
+
