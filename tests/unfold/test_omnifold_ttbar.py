@@ -17,6 +17,7 @@ simulation prior is compared with the same truth and the same errors.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,12 @@ from unfoldmem.simulate.generator import generate_file
 from unfoldmem.unfold.classifier import ClassifierConfig
 from unfoldmem.unfold.features import omnifold_inputs, parton_observables
 from unfoldmem.unfold.omnifold import OmniFoldConfig, omnifold, omnifold_replicas
-from unfoldmem.unfold.omnifold_uncertainty import chi2_covariance, unfolded_covariance
-from unfoldmem.weights import weighted_mean_std
+from unfoldmem.unfold.omnifold_uncertainty import (
+    chi2_covariance,
+    merge_sparse_bins,
+    unfolded_covariance,
+)
+from unfoldmem.weights import WeightWarning, weighted_mean_std
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCESS = "ttbar_semileptonic"
@@ -165,13 +170,18 @@ def test_ttbar_unfolded_yield(small: dict[str, Any]) -> None:
 CHI2_OBSERVABLES = ("pt_t_had", "m_tt", "y_tt", "m_t_had", "m_t_lep", "cos_theta_star")
 #: closure settings of the slow test: events, ensemble members, bootstrap replicas, iterations
 N_EVENTS, N_REFERENCE, MEMBERS, BOOTSTRAP, ITERATIONS = 8000, 32000, 3, 6, 4
+#: least measured simulated events per χ² bin: a bin's unfolded variance comes from its own
+#: few events, and with the registry's fine tails the χ² of the exact truth reweighting (no
+#: classifier) had mean χ²/ndf 1.4-1.8 instead of 1 (docs/omnifold.md, "tt̄ closure")
+N_MIN_BIN = 25
 
 
 def closure_chi2(path: Path, seed: int) -> dict[str, tuple[float, float]]:
     """χ²/ndf (unfolded, prior) per observable against the reweighted truth, with the reported
     full covariance (:func:`unfoldmem.unfold.omnifold_uncertainty.unfolded_covariance`: an
     ensemble of ``MEMBERS`` classifier trainings, ``BOOTSTRAP`` replicas resampling data and
-    simulation) ⊕ the reference's Σw².
+    simulation) ⊕ the reference's Σw², in the registry's bins merged until each holds
+    ≥ ``N_MIN_BIN`` measured simulated events (chosen from the simulation, not the truth).
 
     The truth is the independent reference of the same generation (32 000 events, 8× the data
     half): the data half's own truth shares its events with the measured data, so
@@ -180,15 +190,20 @@ def closure_chi2(path: Path, seed: int) -> dict[str, tuple[float, float]]:
     """
     c = make_closure(path, N_EVENTS, seed=seed, slope=0.5, n_reference=N_REFERENCE)
     inp = c["inp"]
-    rep = omnifold_replicas(
-        inp["data"], inp["sim_reco"], inp["sim_gen"], n_ensemble=MEMBERS,
-        n_bootstrap=BOOTSTRAP, seed=2, sim_weights=inp["sim_weights"],
-        data_weights=inp["data_weights"], pass_reco=inp["pass_reco"],
-        pass_gen=inp["pass_gen"], config=OmniFoldConfig(iterations=ITERATIONS, classifier=CLF),
-    )
+    # a diverging replica warns (WeightWarning); it is counted and left out below
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", WeightWarning)
+        rep = omnifold_replicas(
+            inp["data"], inp["sim_reco"], inp["sim_gen"], n_ensemble=MEMBERS,
+            n_bootstrap=BOOTSTRAP, seed=2, sim_weights=inp["sim_weights"],
+            data_weights=inp["data_weights"], pass_reco=inp["pass_reco"],
+            pass_gen=inp["pass_gen"],
+            config=OmniFoldConfig(iterations=ITERATIONS, classifier=CLF),
+        )
     # as the CLI: a replica that diverged is reported and left out (at most one tolerated)
     ok = np.array([not r.diverged for r in rep["results"]])
     assert (~ok).sum() <= 1, [r.diverged for r in rep["results"]]
+    assert not caught or not ok.all(), [str(w.message) for w in caught]
     members = rep["ensemble"].numpy()[ok[:MEMBERS]]
     boot = rep["bootstrap"].numpy()[ok[MEMBERS:]]
     passed = inp["pass_reco"].numpy()
@@ -196,10 +211,11 @@ def closure_chi2(path: Path, seed: int) -> dict[str, tuple[float, float]]:
     for name in CHI2_OBSERVABLES:
         o = next(o for o in observables_for(PROCESS) if o.name == name)
         x = c["sim"][name]
-        u = unfolded_covariance(x, members, boot, o.binning, passed)
-        truth = weighted_hist(c["reference"][name], c["reference_w"], o.binning)
+        bins = merge_sparse_bins(x[passed], o.binning, N_MIN_BIN)
+        u = unfolded_covariance(x, members, boot, bins, passed)
+        truth = weighted_hist(c["reference"][name], c["reference_w"], bins)
         unf = chi2_covariance(u.values, u.covariance, truth.values(), truth.variances())
-        prior = weighted_hist(x, c["sim_w"], o.binning).values()
+        prior = weighted_hist(x, c["sim_w"], bins).values()
         pri = chi2_covariance(prior, u.covariance, truth.values(), truth.variances())
         report[name] = (unf[0] / unf[1], pri[0] / pri[1])
     return report
@@ -214,9 +230,10 @@ def _open(reason: str) -> Any:
 @pytest.mark.parametrize(
     "seed",
     [
-        pytest.param(11, marks=_open("m_tt χ²/ndf 1.54")),
+        11,
         7,
-        pytest.param(23, marks=_open("top pt χ²/ndf 1.88")),
+        pytest.param(23, marks=_open("top pt χ²/ndf 3.19; its data half's own truth is "
+                                     "χ²/ndf 2.14 from the reference")),
     ],
 )
 def test_ttbar_unfolded_marginals_chi2(tmp_path: Path, seed: int) -> None:
@@ -226,9 +243,11 @@ def test_ttbar_unfolded_marginals_chi2(tmp_path: Path, seed: int) -> None:
     (left out, as in the CLI).
 
     8000 events (4000 simulated, ~1450 measured data events), slope 0.5, K = 4; measured
-    values per seed in docs/omnifold.md, "tt̄ closure". Seeds 11 and 23 (the first three
-    tried are 11, 7, 23; none chosen for passing) fail it and are strict xfails while #9 is
-    open: when one passes it turns into an XPASS failure, so its marker has to go then.
+    values per seed in docs/omnifold.md, "tt̄ closure" (the first three seeds tried are 11, 7,
+    23; none chosen for passing). Seed 23 fails it and is a strict xfail while #9 is open
+    (when it passes it turns into an XPASS failure, so its marker has to go then): its data
+    half's own parton-level truth is already χ²/ndf 2.14 (top pt) from the reference, a
+    p ≈ 0.005 fluctuation of the data sample that the reported errors do not cover.
     """
     report = closure_chi2(tmp_path / "tt.root", seed)
     print(f"seed {seed} chi2/ndf (unfolded, prior):", report)
