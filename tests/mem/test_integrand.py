@@ -226,3 +226,21 @@ def test_ttbar_integrand_finite_at_truth() -> None:
     total = torch.logsumexp(rest, -1) + integ.log_theta(p, x1, x2)
     assert not torch.isnan(total).any()
     assert float(torch.isfinite(total).double().mean()) > 0.7
+
+
+def test_luminosities_equal_one_pdf_call_per_flavour() -> None:
+    """The MEM's luminosities (all flavours of a beam in one ``xfx_flavours`` pass) equal, bit
+    for bit, the products of one ``pdf.xfx`` call per (flavour, beam) (reference: the
+    one-flavour interpolation), for tt̄'s 11 channels and Drell–Yan's."""
+    card = load_card(REPO / "cards/processes/ttbar_semileptonic.yaml", kind="process")
+    had = integrand_from_card(card, pdf=load_pdf(card.pdf, alpha_s_mz=card.alpha_s_mz))
+    g = torch.Generator().manual_seed(5)
+    for integ in (MEMIntegrand(had, ExactTransfer(ParametricDetector(DetectorCard()))),
+                  dy_setup()[2]):
+        x1 = torch.exp(-8 * torch.rand(3000, generator=g, dtype=torch.float64))
+        x2 = torch.exp(-8 * torch.rand(3000, generator=g, dtype=torch.float64))
+        pdf, q = integ.hadronic.pdf, integ.hadronic.mu_f
+        ref = torch.stack([(pdf.xfx(a, x1, q) / x1) * (pdf.xfx(b, x2, q) / x2)
+                           for a, b in integ.process.channels], -1)
+        assert ref.shape[-1] == len(integ.process.channels) and (ref > 0).any()
+        assert torch.equal(integ._luminosities(x1, x2), ref)

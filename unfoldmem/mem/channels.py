@@ -40,8 +40,9 @@ from unfoldmem.mem.context import (
 )
 from unfoldmem.mem.integrand import MEMIntegrand, build_assignments
 from unfoldmem.mem.resonances import HadronicChain, LeptonicTop, NeutrinoBlock, find_blocks
+from unfoldmem.mem.wrapped_normal import log_wrapped_normal_fast
 from unfoldmem.physics import lorentz
-from unfoldmem.physics.densities import log_normal, log_wrapped_normal
+from unfoldmem.physics.densities import log_normal
 from unfoldmem.simulate.detector import ParametricDetector
 
 __all__ = ["CINNChannel", "Channel", "RecoChannel", "SamplingContext", "draw_assignments",
@@ -83,10 +84,13 @@ class RecoChannel:
         # coordinates that transform leaves untouched after finding them, and log_prob at
         # the same z (identity) needs them again.
         self._roots_of: tuple[Tensor, tuple[Tensor, Tensor, Tensor]] | None = None
+        # The centres and widths of the last context: sample-independent, and every draw and
+        # density of a round (several per chunk) asks for them again.
+        self._centres_of: tuple[SamplingContext, tuple[Tensor, Tensor, Tensor]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # The roots cache holds the last batch of samples: not worth shipping to Dask workers.
-        return {**self.__dict__, "_roots_of": None}
+        # The caches hold the last batch of samples: not worth shipping to Dask workers.
+        return {**self.__dict__, "_roots_of": None, "_centres_of": None}
 
     def blocks(self, integrand: MEMIntegrand) -> _Blocks:
         """The resonance blocks used for ``integrand`` (none unless ``physics``)."""
@@ -112,6 +116,9 @@ class RecoChannel:
 
     def _centres(self, ctx: SamplingContext) -> tuple[Tensor, Tensor, Tensor]:
         """centres (B, P, n, 3) in (log pt, eta, phi), widths (B, P, n, 3), valid (B, P)."""
+        cached = getattr(self, "_centres_of", None)
+        if cached is not None and cached[0] is ctx:
+            return cached[1]
         integ = ctx.integrand
         obj = torch.where(ctx.events.mask[..., None], ctx.events.objects, 1.0)
         valid = ctx.prep["valid"]
@@ -130,6 +137,7 @@ class RecoChannel:
             centre, width = self._combine_two_body(centre, width, inv, integ.recoil)
         if self.offset is not None:
             centre = centre + self.offset
+        self._centres_of = (ctx, (centre, width, valid))
         return centre, width, valid
 
     # The balance helpers live in mem.balance; these names are the channel's (tests use them).
@@ -352,7 +360,7 @@ class RecoChannel:
         l_pt = log_normal(lpt, centre[..., 0], ww[..., 0]) - lpt
         l_ang = (log_normal(zz[..., 1], centre[..., 1], ww[..., 1])
                  + torch.where(inv_phi, -math.log(_TWO_PI),
-                               log_wrapped_normal(zz[..., 2] - centre[..., 2], ww[..., 2])))
+                               log_wrapped_normal_fast(zz[..., 2] - centre[..., 2], ww[..., 2])))
         chains, nu, ltop = self.blocks(integ)
         # Partons whose p_T law is the same in every law: the detector Gaussian.
         fixed = tf_pt.clone()

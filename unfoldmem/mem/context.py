@@ -25,6 +25,8 @@ from unfoldmem.mem.integrand import MEMIntegrand, RecoEvents
 __all__ = ["Channel", "SamplingContext", "UniformLaw", "draw_assignments", "gather_pick",
            "pick_log_prob"]
 
+#: Samples per piece when a :class:`UniformLaw` gathers each sample's own D×D factor.
+_PIECE = 8192
 #: Share of a :class:`UniformLaw`'s draws that stay uniform (defensive: weights at most
 #: 1/U_DEFENSIVE times those of the unadapted channel), and the prior strength, in effective
 #: samples, that shrinks its fitted Gaussian towards N(0, 1) (an unadapted channel).
@@ -115,6 +117,8 @@ class UniformLaw:
         self.d, self.v = d, v
         self.mu = torch.zeros(b, v, d, dtype=f64)
         self.chol = torch.eye(d, dtype=f64).expand(b, v, d, d).clone()
+        self.linv = self.chol.clone()  # chol⁻¹
+        self.logdet = torch.zeros(b, v, dtype=f64)  # log det chol
         self.fitted = torch.zeros(b, v, dtype=torch.bool)
         self.shift = torch.full((b,), -math.inf, dtype=f64)
         self.s0, self.s00 = torch.zeros(b, v, dtype=f64), torch.zeros(b, v, dtype=f64)
@@ -123,6 +127,15 @@ class UniformLaw:
     @staticmethod
     def _law(law: Tensor | None, n: int, b: int) -> Tensor:
         return torch.zeros(n, b, dtype=torch.long) if law is None else law
+
+    def _flat(self, rows: Tensor, law: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per-sample cell index (n·b,) into the flattened (b·v) cells of events ``rows``, and
+        their μ (b·v, D), Cholesky factors (b·v, D, D) and inverse factors (b·v, D, D)."""
+        b = len(rows)
+        cell = (torch.arange(b) * self.v + law).reshape(-1)
+        d = self.d
+        return (cell, self.mu[rows].reshape(b * self.v, d),
+                self.chol[rows].reshape(b * self.v, d, d), self.linv[rows].reshape(-1, d, d))
 
     def draw(self, n: int, rows: Tensor, law: Tensor | None,
              generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -134,51 +147,62 @@ class UniformLaw:
         if not bool(fit.any()):
             return u, torch.zeros(n, b, dtype=torch.float64)
         keep = torch.rand(n, b, generator=generator, dtype=torch.float64) < U_DEFENSIVE
-        xi = torch.randn(n, b, self.d, generator=generator, dtype=torch.float64)
+        xi = torch.randn(n, b, self.d, generator=generator, dtype=torch.float64).view(n * b, -1)
         eps = torch.zeros_like(xi)
-        for k in range(self.v):
-            ek = self.mu[rows, k] + torch.einsum("bij,nbj->nbi", self.chol[rows, k], xi)
-            eps = torch.where((law == k)[..., None], ek, eps)
-        u = torch.where((keep | ~fit)[..., None], u, torch.special.ndtr(eps))
+        cell, mu, chol, _ = self._flat(rows, law)
+        need = (fit & ~keep).reshape(-1).nonzero()[:, 0]
+        # Each sample's own cell's factor, gathered in pieces (memory: _PIECE D×D matrices).
+        for s in range(0, len(need), _PIECE):
+            i = need[s:s + _PIECE]
+            c = cell[i]
+            eps[i] = mu[c] + torch.einsum("mij,mj->mi", chol[c], xi[i])
+        u = torch.where((keep | ~fit)[..., None], u, torch.special.ndtr(eps.view(n, b, -1)))
         return u, self.log_density(u, rows, law)
 
     def log_density(self, u: Tensor, rows: Tensor, law: Tensor | None) -> Tensor:
         """log h(u) (n, b) of u (n, b, D) drawn with laws ``law`` for the events ``rows``."""
-        law = self._law(law, *u.shape[:2])
+        n, b = u.shape[:2]
+        law = self._law(law, n, b)
         eps = torch.special.ndtri(u.clamp(1e-15, 1 - 1e-15))
-        lg = torch.zeros(u.shape[:2], dtype=torch.float64)
-        fit = torch.zeros(u.shape[:2], dtype=torch.bool)
-        for k in range(self.v):
-            sel = law == k
-            if not bool(sel.any()):
-                continue
-            chol = self.chol[rows, k]
-            y = torch.linalg.solve_triangular(chol, (eps - self.mu[rows, k]).permute(1, 2, 0),
-                                              upper=False)
-            lk = (-0.5 * (y**2).sum(1) - torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(
-                -1, keepdim=True)).T
-            lg = torch.where(sel, lk, lg)
-            fit = torch.where(sel, self.fitted[rows, k], fit)
-        lg = lg + 0.5 * (eps**2).sum(-1)
+        fit = torch.gather(self.fitted[rows][None].expand(n, b, self.v), 2, law[..., None])[..., 0]
+        lg = torch.zeros(n * b, dtype=torch.float64)
+        ef = eps.view(n * b, -1)
+        cell, mu, _, linv = self._flat(rows, law)
+        logdet = self.logdet[rows].reshape(-1)
+        need = fit.reshape(-1).nonzero()[:, 0]
+        for s in range(0, len(need), _PIECE):
+            i = need[s:s + _PIECE]
+            c = cell[i]
+            y = torch.einsum("mij,mj->mi", linv[c], ef[i] - mu[c])
+            lg[i] = -0.5 * (y**2).sum(-1) - logdet[c]
+        lg = lg.view(n, b) + 0.5 * (eps**2).sum(-1)
         lh = torch.logaddexp(torch.full_like(lg, math.log(U_DEFENSIVE)),
                              math.log(1 - U_DEFENSIVE) + lg)
         return torch.where(fit, lh, 0.0)
 
     def add(self, rows: Tensor, u: Tensor, law: Tensor | None, logw: Tensor) -> None:
         """Accumulate the weighted moments of ε = Φ⁻¹(u) (n, b, D) per law, log weights (n, b)."""
-        law = self._law(law, *u.shape[:2])
+        n, b = u.shape[:2]
+        d, v = self.d, self.v
+        law = self._law(law, n, b)
         logw = torch.where(torch.isfinite(logw), logw, -math.inf)
         old = self.shift[rows]
         new = torch.maximum(old, logw.amax(0))
         safe = torch.where(torch.isinf(new), 0.0, new)
         fac = torch.where(torch.isinf(old), 0.0, torch.exp(old - safe))[:, None]
-        w = torch.exp(logw - safe)[..., None] * torch.nn.functional.one_hot(law, self.v)
-        eps = torch.special.ndtri(u.clamp(1e-15, 1 - 1e-15))
-        self.s0[rows] = self.s0[rows] * fac + w.sum(0)
-        self.s00[rows] = self.s00[rows] * fac**2 + (w * w).sum(0)
-        self.s1[rows] = self.s1[rows] * fac[..., None] + torch.einsum("nbv,nbd->bvd", w, eps)
-        self.s2[rows] = (self.s2[rows] * fac[..., None, None]
-                         + torch.einsum("nbv,nbd,nbe->bvde", w, eps, eps))
+        w = torch.exp(logw - safe).reshape(-1)
+        eps = torch.special.ndtri(u.clamp(1e-15, 1 - 1e-15)).view(n * b, -1)
+        cell = (torch.arange(b) * v + law).reshape(-1)
+        s0 = (self.s0[rows] * fac).reshape(-1).index_add(0, cell, w)
+        s00 = (self.s00[rows] * fac**2).reshape(-1).index_add(0, cell, w * w)
+        we = eps * w[:, None]
+        s1 = (self.s1[rows] * fac[..., None]).reshape(-1, d).index_add(0, cell, we)
+        s2 = (self.s2[rows] * fac[..., None, None]).reshape(-1, d, d)
+        for s in range(0, n * b, _PIECE):
+            sl = slice(s, s + _PIECE)
+            s2.index_add_(0, cell[sl], we[sl, :, None] * eps[sl, None, :])
+        self.s0[rows], self.s00[rows] = s0.view(b, v), s00.view(b, v)
+        self.s1[rows], self.s2[rows] = s1.view(b, v, d), s2.view(b, v, d, d)
         self.shift[rows] = new
 
     def refit(self) -> None:
@@ -196,4 +220,7 @@ class UniformLaw:
         good = ok & (info == 0) & torch.isfinite(chol).all(-1).all(-1) & torch.isfinite(mu).all(-1)
         self.mu = torch.where(good[..., None], mu, 0.0)
         self.chol = torch.where(good[..., None, None], chol, eye)
+        self.linv = torch.linalg.solve_triangular(self.chol, eye.expand_as(self.chol).clone(),
+                                                  upper=False)
+        self.logdet = torch.log(torch.diagonal(self.chol, dim1=-2, dim2=-1)).sum(-1)
         self.fitted = self.fitted | good
