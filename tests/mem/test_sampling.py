@@ -151,8 +151,11 @@ def test_is_pulls_vs_quadrature_fast() -> None:
 
 @pytest.mark.slow
 def test_is_pulls_vs_quadrature_500() -> None:
-    """Issue 10 check: over 500 DY events the pulls have mean 0 ± 0.1 and width 1 ± 0.1."""
-    pulls = _pulls(500, seed=7)
+    """Issue 10 check (≥ 500 events): over 1000 DY events the pulls have mean 0 ± 0.1 and width
+    1 ± 0.1. With 500 the mean's standard error is 0.045, so ±0.1 is only 2.2σ (seed 7 gave
+    0.109 there); with 1000 it is 0.032 (3.1σ). Measured: seed 7 mean 0.017 ± 0.033, width
+    1.049; seed 8 0.038 ± 0.032, 1.019."""
+    pulls = _pulls(1000, seed=7)
     print(f"pulls: mean {pulls.mean():.3f} width {pulls.std(ddof=1):.3f}")
     assert abs(pulls.mean()) < 0.1
     assert abs(pulls.std(ddof=1) - 1) < 0.1
@@ -179,3 +182,25 @@ def test_missed_proposal_is_reported_and_stays_unbiased() -> None:
         d = diagnose(res, cfg, name="mem")
     assert d["events"][0]["ess_ratio"] == pytest.approx(ess_ratio)
     assert d["n_violating"] == 1 and d["events"][0]["n_nonfinite"] == 0
+
+
+def test_heavy_tailed_weights_keep_sampling_and_are_reported() -> None:
+    """A proposal narrower than the detector resolution (σ_q = 0.3 σ, alone) has weights
+    F/q ∝ exp(x²(1/σ_q² − 1/σ²)/2) whose tail under q is Pareto with shape
+    k = 1 − σ_q²/σ² = 0.91 (infinite variance above 1/2; PSIS, Vehtari et al. 2024, §3).
+    Its k̂ exceeds 0.7, so no event stops on a small-looking error: all sample to n_max, and
+    the diagnostics report them; the default mixture on the same events keeps k̂ < 0.5."""
+    _, det, integ = dy_setup()
+    ev, _ = make_dy_events(4, seed=9)
+    narrow = importance_sample(integ, ev, [{}], [RecoChannel(det, scale=0.3)], [1.0],
+                               precision=0.2, n_start=1024, n_max=8192,
+                               generator=torch.Generator().manual_seed(2))
+    assert (narrow.pareto_k[:, 0] > 0.7).all(), narrow.pareto_k
+    assert (narrow.n_samples == 8192).all()
+    with pytest.warns(WeightWarning, match="Pareto k"):
+        d = diagnose(narrow, WeightDiagnosticsConfig(ess_ratio_min=0.0, max_share_max=1.0))
+    assert d["n_violating"] == 4
+    chs = [RecoChannel(det, scale=1.25, physics=True), RecoChannel(det)]
+    good = importance_sample(integ, ev, [{}], chs, [0.9, 0.1], precision=0.03,
+                             generator=torch.Generator().manual_seed(2))
+    assert (good.pareto_k[:, 0] < 0.5).all(), good.pareto_k

