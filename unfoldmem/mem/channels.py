@@ -10,7 +10,8 @@ partner's (Drell–Yan), and the assignment is drawn with adaptable probabilitie
 channel is a mixture of laws with the hadronic chain and the leptonic top block on or off
 (:meth:`RecoChannel.laws`, probabilities ``prep["law_logp"]``), so events whose top is far off
 shell (a lost parton replaced by an ISR jet) are covered too. Every map is exact and its
-Jacobian is in :meth:`RecoChannel.log_prob`. :class:`CINNChannel`
+Jacobian is in :meth:`RecoChannel.log_prob` (the terms of each law:
+:mod:`unfoldmem.mem.reco_density`). :class:`CINNChannel`
 (:mod:`unfoldmem.mem.cinn_channel`, re-exported here) is the cINN posterior q(p | x). Both give
 the density of z alone (summed over assignments) and of the pair (z, assignment) that the
 sampler draws (:mod:`unfoldmem.mem.context`).
@@ -39,17 +40,15 @@ from unfoldmem.mem.context import (
     pick_log_prob,
 )
 from unfoldmem.mem.integrand import MEMIntegrand, build_assignments
+from unfoldmem.mem.reco_density import COMBINE_SCALE, chain_law, law_log_terms
 from unfoldmem.mem.resonances import HadronicChain, LeptonicTop, NeutrinoBlock, find_blocks
-from unfoldmem.mem.wrapped_normal import log_wrapped_normal_fast
 from unfoldmem.physics import lorentz
-from unfoldmem.physics.densities import log_normal
 from unfoldmem.simulate.detector import ParametricDetector
 
 __all__ = ["CINNChannel", "Channel", "RecoChannel", "SamplingContext", "draw_assignments",
            "pick_log_prob"]
 
 _TWO_PI = 2 * math.pi
-_COMBINE_SCALE = 1.2  # width of the combined jet-energy law over its Gaussian estimate
 _Blocks = tuple[list[HadronicChain], NeutrinoBlock | None, LeptonicTop | None]
 
 
@@ -100,19 +99,6 @@ class RecoChannel:
         if key not in self._blocks:
             self._blocks[key] = find_blocks(integrand)
         return self._blocks[key]
-
-    def _masks(self, integ: MEMIntegrand) -> tuple[Tensor, Tensor, bool]:
-        """(n,) partons whose p_T law is the TF Gaussian, (n,) partons with TF angle laws,
-        whether the recoil's η law is the per-assignment Gaussian."""
-        chains, nu, _ = self.blocks(integ)
-        others = torch.ones(integ.n, dtype=torch.bool)
-        others[integ.recoil] = False
-        tf_pt = others.clone()
-        for c in chains:
-            tf_pt[c.b] = False
-            if c.c is not None:
-                tf_pt[c.c] = False
-        return tf_pt, others, nu is None
 
     def _centres(self, ctx: SamplingContext) -> tuple[Tensor, Tensor, Tensor]:
         """centres (B, P, n, 3) in (log pt, eta, phi), widths (B, P, n, 3), valid (B, P)."""
@@ -247,9 +233,9 @@ class RecoChannel:
     def _chain_transform(self, chain: HadronicChain, z: Tensor, c: Tensor, w: Tensor,
                          eps: Tensor, uc: Tensor) -> Tensor:
         """z with p_T of a from the chain's combined law and of b (and c) from its masses."""
-        mean, sd = self._chain_law(chain, z, c, w)
+        mean, sd = chain_law(chain, z, c, w)
         z = z.clone()
-        z[..., chain.a, 0] = torch.exp(mean + _COMBINE_SCALE * sd * eps[..., chain.a, 0])
+        z[..., chain.a, 0] = torch.exp(mean + COMBINE_SCALE * sd * eps[..., chain.a, 0])
         return chain.transform(z, uc)
 
     def laws(self, integrand: MEMIntegrand) -> list[tuple[bool, bool]]:
@@ -283,18 +269,6 @@ class RecoChannel:
                     torch.ones(like.shape, dtype=torch.bool))
         flags = torch.tensor(self.laws(integ), dtype=torch.long)  # (V, 2)
         return flags[law, 0], flags[law, 1].bool()
-
-    @staticmethod
-    def _chain_law(chain: HadronicChain, z: Tensor, c: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-        """Law of log p_T,a of a chain: z (S, B, n, 3) angles; c, w centres/widths broadcasting
-        to (..., n, 3) per assignment (picked: (S, B, n, 3); per assignment: (1 or S, B, P,
-        n, 3))."""
-        g = chain.gs(z)
-        if c.dim() == 5:
-            g = tuple(x[..., None] for x in g)
-        k = chain.c if chain.c is not None else chain.a
-        return chain.combine(g, c[..., chain.a, 0], w[..., chain.a, 0], c[..., chain.b, 0],
-                             w[..., chain.b, 0], c[..., k, 0], w[..., k, 0])
 
     def log_prob(self, z: Tensor, ctx: SamplingContext) -> Tensor:
         """(S, B) log density of the channel at z (S, B, n, 3), summed over assignments and
@@ -343,79 +317,5 @@ class RecoChannel:
     def _log_terms(self, z: Tensor, ctx: SamplingContext, centre: Tensor, width: Tensor,
                    used: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-assignment part (V', S, B, P') and assignment-free part (V', S, B) of log q_v(z)
-        for the laws ``used`` (default: those of probability > 0 for some event).
-
-        centre, width: (1 or S, B, P', n, 3), the Gaussians of P' assignments (all of them,
-        or the picked one per sample)."""
-        integ = ctx.integrand
-        r = integ.recoil
-        laws = self.laws(integ)
-        if used is None:
-            used = torch.isfinite(self.law_log_prob(ctx)).any(0)
-        tf_pt, others, recoil_eta = self._masks(integ)
-        zz = z[:, :, None]  # (S, B, 1, n, 3)
-        lpt = torch.log(zz[..., 0])
-        inv_phi = torch.isinf(width[..., 2])
-        ww = torch.where(torch.isinf(width), 1.0, width)
-        l_pt = log_normal(lpt, centre[..., 0], ww[..., 0]) - lpt
-        l_ang = (log_normal(zz[..., 1], centre[..., 1], ww[..., 1])
-                 + torch.where(inv_phi, -math.log(_TWO_PI),
-                               log_wrapped_normal_fast(zz[..., 2] - centre[..., 2], ww[..., 2])))
-        chains, nu, ltop = self.blocks(integ)
-        # Partons whose p_T law is the same in every law: the detector Gaussian.
-        fixed = tf_pt.clone()
-        for chain in chains:
-            fixed[chain.a] = False
-        p_plus: Tensor | float = 0.5
-        lb_on = None
-        if ltop is not None:
-            fixed[ltop.b] = False
-            if self._roots_of is not None and self._roots_of[0] is z:
-                xs, gs, ok = self._roots_of[1]
-            else:
-                xs, gs, ok = ltop.roots(z, self._others_sum(z, integ, ltop.b))
-            p_plus = ltop.p_plus(lpt[..., 0, ltop.b], xs, gs, ok)
-            part, lw_g = ltop.log_cauchy_part(lpt[..., 0, ltop.b], xs, gs, ok)
-            # Per unit p_T: the log-p_T densities carry the 1/p_T Jacobian.
-            lb_on = torch.logaddexp(part[..., None] - lpt[..., ltop.b],
-                                    lw_g[..., None] + l_pt[..., ltop.b])
-        base = (torch.where(fixed, l_pt, 0.0) + torch.where(others, l_ang, 0.0)).sum(-1)
-        if recoil_eta:
-            base = base + log_normal(zz[..., r, 1], centre[..., r, 1], ww[..., r, 1])
-        lq = torch.zeros(z.shape[:2], dtype=z.dtype)
-        bal = self._balance(z, integ)
-        if nu is not None:
-            lq = lq + nu.log_prob(z, bal, p_plus)
-        a = torch.stack([z[..., r, 0] * torch.cos(z[..., r, 2]),
-                         z[..., r, 0] * torch.sin(z[..., r, 2])], -1)
-        sig = ctx.kernel_sigma
-        lq = lq + (-0.5 * ((a - bal) ** 2).sum(-1) / sig**2 - torch.log(_TWO_PI * sig**2)
-                   + torch.log(z[..., r, 0]))
-        # Hadronic chains with the top block on or off: per-assignment and free parts.
-        had_terms: dict[int, tuple[Tensor, Tensor]] = {}
-        for had in {h for (h, _), u in zip(laws, used.tolist(), strict=True) if u}:
-            lp_h, lq_h = base, lq
-            for chain in chains:
-                if had == 0:
-                    for k in (chain.a, chain.b, chain.c):
-                        if k is not None:
-                            lp_h = lp_h + l_pt[..., k]
-                    continue
-                ch = chain if had == 2 or chain.c is None else replace(chain, c=None)
-                mean, sd = self._chain_law(ch, z, centre, ww)
-                la = lpt[..., chain.a]
-                lp_h = lp_h + log_normal(la, mean, _COMBINE_SCALE * sd) - la
-                if ch.c is None and chain.c is not None:
-                    lp_h = lp_h + l_pt[..., chain.c]
-                lq_h = lq_h + ch.log_prob(z)
-            had_terms[had] = (lp_h, lq_h)
-        lps, lqs = [], []
-        for (had, lep), u in zip(laws, used.tolist(), strict=True):
-            if not u:
-                continue
-            lp_v, lq_v = had_terms[had]
-            if ltop is not None:
-                lp_v = lp_v + (lb_on if lep else l_pt[..., ltop.b])
-            lps.append(lp_v)
-            lqs.append(lq_v)
-        return torch.stack(lps), torch.stack(lqs)
+        (:func:`~unfoldmem.mem.reco_density.law_log_terms`)."""
+        return law_log_terms(self, z, ctx, centre, width, used)
