@@ -32,6 +32,12 @@ def unfold(
     chunk_size: int = typer.Option(2000, "--chunk-size", min=1, help="Events per sampling chunk."),
     seed: int = typer.Option(0, "--seed", help="Seed of sampling, bootstrap and iterations."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda."),
+    truth: Path = typer.Option(
+        None, "--truth",
+        help="Independent parton-level truth for the closure χ² and plot overlay: a ROOT file "
+             "with a Partons tree of the same process (weights honoured), normalised to the "
+             "data's yield (×Σw_data/Σw_pass_reco), its Σw² added to the errors. Default: the "
+             "data file's own Partons tree if any (same events: an optimistic χ²)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write plots/<observable>.png."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
 ) -> None:
@@ -39,7 +45,8 @@ def unfold(
 
     Example: ``unfoldmem unfold data.root --model models/cinn -n 100 -o out/``
     (add ``--sim sim.root --phase-space full`` for the efficiency correction,
-    ``--iterations 3 --sim sim.root`` for iterative prior removal).
+    ``--iterations 3 --sim sim.root`` for iterative prior removal,
+    ``--truth truth.root`` for a closure test against an independent truth sample).
     """
     import awkward as ak
     import numpy as np
@@ -57,6 +64,7 @@ def unfold(
     from unfoldmem.unfold.model_layout import ModelLayout, check_data, load_layout
     from unfoldmem.unfold.report import (
         calibration,
+        independent_truth,
         truth_histograms,
         truth_values,
         unfolded_histograms,
@@ -100,6 +108,11 @@ def unfold(
     net: Any = loaded.model
     iter_summary: list[dict[str, Any]] = []
     cuts = FiducialCuts()
+    independent = None
+    if truth is not None:  # before the (long) sampling, so that a wrong --truth fails at once
+        data_yield = float(np.sum(ak.to_numpy(events.weight).astype(np.float64)))
+        independent = independent_truth(read_partons(truth), str(truth), layout.parton_pdg,
+                                         data_yield, obs, phase_space, cuts)
     with atomic_path(output, overwrite, directory=True) as tmp:
         if iterations > 0:
             assert simulation is not None
@@ -122,25 +135,39 @@ def unfold(
             effs = efficiencies(simulation.momenta(), torch.tensor(layout.parton_pdg), w,
                                 ak.to_numpy(simulation.partons.pass_reco), obs, phase_space, cuts)
         hists = unfolded_histograms(samples, obs, phase_space, effs, replicas, seed)
-        truth = None
-        extra: dict[str, Any] = {}
+        truth_hists = None
+        extra: dict[str, Any] = {"truth_source": None}
+        per_count = None
         if has_tree(data, PARTON_TREE):
             truth_sim = Simulation(events, read_partons(data))
             mom = truth_sim.momenta()
             pdg = torch.tensor(layout.parton_pdg)
-            truth = truth_histograms(mom, pdg, truth_sim.weight,
-                                     ak.to_numpy(truth_sim.partons.pass_reco), obs, phase_space, cuts)
+            truth_hists = truth_histograms(mom, pdg, truth_sim.weight,
+                                           ak.to_numpy(truth_sim.partons.pass_reco), obs,
+                                           phase_space, cuts)
+            # per-event calibration needs the same events: always the data's own truth
             extra["calibration_68"] = calibration(
                 samples, truth_values(mom[truth_sim.pass_index], pdg, obs))
+            extra["truth_source"] = "data file (same events)"
+            extra["truth_note"] = ("closure χ² against the truth of the same events: correlated "
+                                   "with the unfolded result, so optimistic; pass --truth with "
+                                   "an independent sample for a fair closure test")
+        if independent is not None:
+            truth_hists, scale, per_count = independent
+            extra["truth_source"] = str(truth)
+            extra["truth_scale"] = scale
+            extra.pop("truth_note", None)
         summary = {
             "data": str(data), "model": str(model), "process": proc, "events": len(events),
             "samples_per_event": samples.n_samples, "members": samples.members,
             "phase_space": phase_space, "fiducial_cuts": cuts.model_dump(),
             "unfolded_entries": samples.entries, "bootstrap_replicas": replicas, "seed": seed,
             "data_weights": weight_diagnostics(np.asarray(samples.weight)),
-            "truth_available": truth is not None, "iterations": iter_summary, **extra,
+            "truth_available": truth_hists is not None, "iterations": iter_summary, **extra,
         }
-        result = write_outputs(tmp, hists, truth, effs, summary, plots=plots)
+        label = "truth (same events)" if truth is None else "truth (independent)"
+        result = write_outputs(tmp, hists, truth_hists, effs, summary, plots=plots,
+                               variance_per_count=per_count, truth_label=label)
         result["seconds"] = time.perf_counter() - t0
         import json
 
@@ -166,6 +193,9 @@ def _print(result: dict[str, Any], output: Path) -> None:
         table.add_row(name, f"{tot:.4g}", f"{stat / tot:.3f}" if tot else "-",
                       f"{total / tot:.3f}" if tot else "-", "-" if c is None else f"{c:.2f}")
     console.print(table)
+    if result.get("truth_source"):
+        console.print(f"truth: {result['truth_source']}"
+                      + (f" ({result['truth_note']})" if result.get("truth_note") else ""))
     console.print(f"wrote {output}/unfolded.root, histograms.root, plots/, summary.json "
                   f"in {result['seconds']:.1f} s")
 

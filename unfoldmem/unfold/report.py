@@ -12,7 +12,11 @@ has a parton tree, the closure figures
 and counted). The Poisson variance of the truth count is
 :math:`\sigma_{\text{true},i}^2 = \max(\sum_{e\in i} w_e^2,\ \sum_e w_e^2 c_{ei})`: the
 observed :math:`\sum w^2` or the one the unfolded histogram predicts (Pearson), whichever is
-larger, so that an empty truth bin does not get zero variance. Also computed: the per-event
+larger, so that an empty truth bin does not get zero variance. The truth is the data file's
+own parton tree (the same events: correlated with the unfolded result, so this χ² is
+optimistic) or an independent sample of the same process (:func:`independent_truth`: scaled to
+the data's yield, :math:`\sigma_{\text{true},i}^2 = \max(s^2\sum w^2,\ c\,|\hat N_i|)`).
+Also computed: the per-event
 calibration (fraction of true values inside the central 68% interval of each event's samples). Everything is written under an output directory:
 ``histograms.root`` (TH1D via uproot), ``plots/<name>.png`` and ``summary.json``.
 """
@@ -40,6 +44,7 @@ __all__ = [
     "unfolded_histograms",
     "truth_values",
     "truth_histograms",
+    "independent_truth",
     "closure",
     "calibration",
     "is_constant",
@@ -138,13 +143,82 @@ def truth_histograms(
     }
 
 
-def closure(unfolded: Mapping[str, UnfoldedHist], truth: Mapping[str, hist.Hist]) -> dict[str, Any]:
-    """χ²/ndf of every unfolded histogram against its truth (see the module docstring)."""
+def independent_truth(
+    partons: Any,
+    path: str,
+    parton_pdg: Sequence[int],
+    data_yield: float,
+    observables: Sequence[Observable],
+    phase_space: str = "reco",
+    cuts: FiducialCuts | None = None,
+) -> tuple[dict[str, hist.Hist], float, float]:
+    r"""Truth histograms of an independent parton sample, scaled to the data's yield.
+
+    The weights are scaled by :math:`s = \sum w_\text{data} / \sum_{\text{pass\_reco}} w`
+    (the data's detector-level yield over the sample's passing yield), so that in the ``reco``
+    phase space the truth has the data's total, as the same-events truth has by construction,
+    and in ``fiducial``/``full`` the efficiency correction is tested as well. The variances are
+    the sample's own :math:`s^2\sum w^2`.
+
+    Arguments:
+        partons: parton records (``read_partons``) of every generated event of the sample.
+        path: its file, for messages; parton_pdg: (k,) the model's parton slots.
+        data_yield: Σw of the data's detector events.
+
+    Returns:
+        ``(histograms, s, c)`` with c = s·Σw²/Σw of the sample (c = s for unit weights): the
+        variance per unit of predicted count (Pearson floor of :func:`closure`).
+
+    Raises:
+        InputFileError: other parton content (a different process) or no passing event.
+    """
+    import awkward as ak
+
+    from unfoldmem.errors import InputFileError
+    from unfoldmem.unfold.model_layout import parton_slots
+
+    try:
+        keep, pdg = parton_slots(partons)
+    except ValueError as exc:  # jagged parton lists: not one fixed final state
+        raise InputFileError(path, "tree 'Partons' has a varying number of partons per event; "
+                             f"the model expects {len(parton_pdg)} slots {list(parton_pdg)}") from exc
+    if pdg.tolist() != list(parton_pdg):
+        raise InputFileError(path, f"tree 'Partons' has parton slots with PDG ids {pdg.tolist()}, "
+                             f"the model {list(parton_pdg)}: not the same process")
+    p = partons.partons
+    four = np.stack([ak.to_numpy(p[c]).astype(np.float64) for c in ("E", "px", "py", "pz")], -1)
+    mom = torch.from_numpy(four[:, keep])
+    w = ak.to_numpy(partons.weight).astype(np.float64)
+    passed = ak.to_numpy(partons.pass_reco).astype(bool)
+    n_pass = float(w[passed].sum())
+    if not n_pass > 0:
+        raise InputFileError(path, "tree 'Partons' has no event with pass_reco (Σw = "
+                             f"{n_pass:g}): cannot normalise it to the data")
+    s = data_yield / n_pass
+    t = truth_histograms(mom, torch.as_tensor(pdg), w * s, passed, observables, phase_space, cuts)
+    return t, s, s * float((w * w).sum() / w.sum())
+
+
+def closure(
+    unfolded: Mapping[str, UnfoldedHist],
+    truth: Mapping[str, hist.Hist],
+    variance_per_count: float | None = None,
+) -> dict[str, Any]:
+    """χ²/ndf of every unfolded histogram against its truth (see the module docstring).
+
+    Arguments:
+        variance_per_count: None for the data's own truth (same events: its Pearson floor is
+            the unfolded Σw²); for an independent truth the floor ``c·|N̂_i|``, c from
+            :func:`independent_truth`.
+    """
     out = {}
     for name, h in unfolded.items():
         t = truth[name]
         tv, tvar = np.asarray(t.values(), dtype=float), np.asarray(t.variances(), dtype=float)
-        if h.sumw2 is not None:
+        if variance_per_count is not None:
+            pearson = variance_per_count * np.abs(np.where(np.isfinite(h.values), h.values, 0.0))
+            tvar = np.maximum(tvar, pearson)
+        elif h.sumw2 is not None:
             tvar = np.maximum(tvar, np.where(np.isfinite(h.sumw2), h.sumw2, 0.0))
         ok = np.isfinite(h.values) & np.isfinite(h.total)
         chi2, ndf = chi2_ndf((h.values[ok], h.total[ok] ** 2), (tv[ok], tvar[ok]))
@@ -217,7 +291,11 @@ def is_constant(values: Any, rtol: float = 1e-6, atol: float = 1e-6) -> bool:
 
 
 def plot_observable(
-    h: UnfoldedHist, path: str | Path, truth: hist.Hist | None = None, title: str = ""
+    h: UnfoldedHist,
+    path: str | Path,
+    truth: hist.Hist | None = None,
+    title: str = "",
+    truth_label: str = "truth",
 ) -> Path:
     """Plot an unfolded histogram with stat and total bands, the truth if given, and the ratio."""
     import matplotlib
@@ -247,7 +325,7 @@ def plot_observable(
     ref = h.values
     if truth is not None:
         tv = np.asarray(truth.values(), dtype=float)
-        mplhep.histplot(tv, e, ax=ax, color="k", ls="--", label="truth")
+        mplhep.histplot(tv, e, ax=ax, color="k", ls="--", label=truth_label)
         ref = tv
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(ref != 0, h.values / ref, np.nan)
@@ -296,8 +374,13 @@ def write_outputs(
     efficiencies: Mapping[str, Efficiency] | None = None,
     summary: Mapping[str, Any] | None = None,
     plots: bool = True,
+    variance_per_count: float | None = None,
+    truth_label: str = "truth",
 ) -> dict[str, Any]:
     """Write ``histograms.root``, ``plots/*.png`` and ``summary.json`` into ``out_dir``.
+
+    ``variance_per_count``: None for the data's own truth, else from
+    :func:`independent_truth` (see :func:`closure`); ``truth_label``: its legend in the plots.
 
     Returns:
         The summary written: the given ``summary`` plus ``observables`` (histograms with their
@@ -317,7 +400,7 @@ def write_outputs(
     if efficiencies is not None:
         result["efficiencies"] = {k: e.to_dict() for k, e in efficiencies.items()}
     if truth is not None:
-        result["closure"] = closure(unfolded, truth)
+        result["closure"] = closure(unfolded, truth, variance_per_count)
         cal = result.get("calibration_68")
         if isinstance(cal, Mapping):
             skipped = sorted(set(unfolded) - set(cal))
@@ -330,7 +413,8 @@ def write_outputs(
     if plots:
         (out / "plots").mkdir(exist_ok=True)
         for name, h in unfolded.items():
-            plot_observable(h, out / "plots" / f"{name}.png", truth[name] if truth else None)
+            plot_observable(h, out / "plots" / f"{name}.png", truth[name] if truth else None,
+                            truth_label=truth_label)
     with atomic_path(out / "summary.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(_json(result), indent=1))
     return _json(result)
