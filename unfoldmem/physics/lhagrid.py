@@ -189,22 +189,30 @@ def plan_subgrid(g: Subgrid, logx: Tensor, logq2: Tensor) -> tuple[Any, ...]:
     return dlx, cx, knots, dq1, first, last, den0, den2, cq
 
 
+def _along_q(v: list[Tensor], dq1: Tensor, first: Tensor, last: Tensor, den0: Tensor,
+             den2: Tensor, b: tuple[Tensor, ...]) -> Tensor:
+    """The cubic Hermite step in log Q² of :func:`eval_plan`, from the values interpolated in
+    x at the four Q knots: the one expression both layouts share (bit for bit)."""
+    vll, vl, vh, vhh = v
+    b0, b1, b2, b3 = b
+    mid = (vh - vl) / dq1
+    left = torch.where(first, mid, 0.5 * (mid + (vl - vll) / den0))
+    right = torch.where(last, mid, 0.5 * (mid + (vhh - vh) / den2))
+    return b0 * vl + b1 * (left * dq1) + b2 * vh + b3 * (right * dq1)
+
+
 def eval_plan(row: Tensor, drow: Tensor, plan: tuple[Any, ...]) -> Tensor:
     """:func:`eval_subgrid` for one flavour (its grid row and derivative row (K,), result (N,))
     or for F flavours at once (rows (F, K), result (F, N); the same elementwise operations, so
     each row equals its one-flavour result bit for bit) from a plan."""
-    dlx, (a0, a1, a2, a3), knots, dq1, first, last, den0, den2, (b0, b1, b2, b3) = plan
+    dlx, (a0, a1, a2, a3), knots, dq1, first, last, den0, den2, b = plan
 
     def at_q(lo: Tensor, hi: Tensor) -> Tensor:
         v0, v1 = row.index_select(-1, lo), row.index_select(-1, hi)
         d0, d1 = drow.index_select(-1, lo) * dlx, drow.index_select(-1, hi) * dlx
         return a0 * v0 + a1 * d0 + a2 * v1 + a3 * d1
 
-    vll, vl, vh, vhh = (at_q(lo, hi) for lo, hi in knots)
-    mid = (vh - vl) / dq1
-    left = torch.where(first, mid, 0.5 * (mid + (vl - vll) / den0))
-    right = torch.where(last, mid, 0.5 * (mid + (vhh - vh) / den2))
-    return b0 * vl + b1 * (left * dq1) + b2 * vh + b3 * (right * dq1)
+    return _along_q([at_q(lo, hi) for lo, hi in knots], dq1, first, last, den0, den2, b)
 
 
 def eval_plan_columns(cols: Tensor, dcols: Tensor, plan: tuple[Any, ...]) -> Tensor:
@@ -215,18 +223,14 @@ def eval_plan_columns(cols: Tensor, dcols: Tensor, plan: tuple[Any, ...]) -> Ten
     dlx, (a0, a1, a2, a3), knots, dq1, first, last, den0, den2, (b0, b1, b2, b3) = plan
     dlx, a0, a1, a2, a3 = (t[:, None] for t in (dlx, a0, a1, a2, a3))
     dq1, first, last, den0, den2 = (t[:, None] for t in (dq1, first, last, den0, den2))
-    b0, b1, b2, b3 = (t[:, None] for t in (b0, b1, b2, b3))
+    b = tuple(t[:, None] for t in (b0, b1, b2, b3))
 
     def at_q(lo: Tensor, hi: Tensor) -> Tensor:
         v0, v1 = cols.index_select(0, lo), cols.index_select(0, hi)
         d0, d1 = dcols.index_select(0, lo) * dlx, dcols.index_select(0, hi) * dlx
         return a0 * v0 + a1 * d0 + a2 * v1 + a3 * d1
 
-    vll, vl, vh, vhh = (at_q(lo, hi) for lo, hi in knots)
-    mid = (vh - vl) / dq1
-    left = torch.where(first, mid, 0.5 * (mid + (vl - vll) / den0))
-    right = torch.where(last, mid, 0.5 * (mid + (vhh - vh) / den2))
-    return b0 * vl + b1 * (left * dq1) + b2 * vh + b3 * (right * dq1)
+    return _along_q([at_q(lo, hi) for lo, hi in knots], dq1, first, last, den0, den2, b)
 
 
 def _lagrange4(t: Tensor, knots: Tensor, start: Tensor) -> Tensor:
