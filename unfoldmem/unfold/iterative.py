@@ -51,7 +51,7 @@ from unfoldmem.physics import lorentz
 from unfoldmem.physics.observables import Observable
 from unfoldmem.unfold.cinn_unfold import ObservableSamples, observe
 from unfoldmem.unfold.classifier import ClassifierConfig, EventFeatures, train_classifier
-from unfoldmem.unfold.model_layout import ModelLayout, parton_slots
+from unfoldmem.unfold.model_layout import ModelLayout, parton_four_momenta, parton_slots
 from unfoldmem.unfold.posterior import UnfoldedSamples, sample_posterior
 from unfoldmem.unfold.uncertainty import UnfoldedHist
 from unfoldmem.weights import WeightDiagnosticsConfig, check_weights
@@ -127,9 +127,7 @@ class Simulation:
 
     def momenta(self) -> Tensor:
         """(n_all, k, 4) the modelled parton slots (E, px, py, pz) of every generated event."""
-        p = self.partons.partons
-        four = np.stack([ak.to_numpy(p[c]).astype(np.float64) for c in ("E", "px", "py", "pz")], -1)
-        return torch.from_numpy(four[:, self.keep])
+        return torch.from_numpy(parton_four_momenta(self.partons)[:, self.keep])
 
 
 def train_cinn(
