@@ -27,8 +27,11 @@ __all__ = ["K_RELIABLE", "pareto_k", "tail_size"]
 K_RELIABLE = 0.7
 
 
-def tail_size(n: int) -> int:
-    r"""Number of largest weights in the fit for a sample of ``n``: :math:`\min(n/5, 3\sqrt n)`."""
+def tail_size(n: int | Tensor) -> int | Tensor:
+    r"""Number of largest weights in the fit for a sample of ``n``: :math:`\min(n/5, 3\sqrt n)`
+    (an int, or a long tensor for a tensor of sample sizes)."""
+    if isinstance(n, Tensor):
+        return torch.minimum(0.2 * n, 3.0 * torch.sqrt(n)).floor().long()
     return int(min(0.2 * n, 3.0 * math.sqrt(n)))
 
 
@@ -48,8 +51,7 @@ def pareto_k(log_w: Tensor, n: Tensor | int | None = None) -> Tensor:
     lw = torch.sort(log_w.double(), dim=-1, descending=True).values
     m_all = lw.shape[-1]
     n_t = torch.as_tensor(m_all if n is None else n, dtype=torch.float64).expand(lw.shape[:-1])
-    m = torch.clamp(torch.minimum(0.2 * n_t, 3.0 * torch.sqrt(n_t)).floor(), max=m_all - 1)
-    m = m.long()
+    m = torch.clamp(tail_size(n_t), max=m_all - 1)
     lw = lw[..., : int(m.max()) + 1] if m.numel() else lw  # the tail and its threshold only
     m_all = lw.shape[-1]
     top = lw[..., :1]
