@@ -38,9 +38,7 @@ def generate_train_unfold(tmp_path: Path, run_card: str, n_sim: int, n_data: int
     card.write_text(model_card)
     model = tmp_path / "model"
     cli("train", card, "--data", sim, "-o", model)
-    out = tmp_path / "unfold"
-    cli("unfold", data, "--model", model, "-n", samples, "-o", out, "--no-plots", *unfold_args)
-    return json.loads((out / "summary.json").read_text()), model
+    return unfold(data, model, tmp_path / "unfold", samples, "--no-plots", *unfold_args), model
 
 
 def accept_reject(src: Path, dst: Path, weight: Callable[[ak.Array], np.ndarray],
