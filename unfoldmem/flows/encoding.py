@@ -393,15 +393,9 @@ def parton_objects(partons: Any, min_pt: float = 1e-6) -> Tensor:
     Raises:
         ValueError: the events do not all have the same number of partons.
     """
-    import awkward as ak
-    import numpy as np
+    from unfoldmem.io.partons import parton_arrays
 
-    p = partons.partons
-    counts = ak.to_numpy(ak.num(p.E))
-    if len(counts) and (counts != counts[0]).any():
-        msg = f"events have different numbers of partons ({sorted(set(counts.tolist()))})"
-        raise ValueError(msg)
-    four = np.stack([ak.to_numpy(p[c]).astype(np.float64) for c in ("E", "px", "py", "pz")], -1)
+    four, _ = parton_arrays(partons)
     v = lorentz.to_ptetaphim(torch.from_numpy(four))
     keep = (v[..., 0] > min_pt).any(0)
     return v[:, keep]

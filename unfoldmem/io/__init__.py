@@ -14,6 +14,7 @@ from unfoldmem.io.events import (
     read_partons,
     write_events,
 )
+from unfoldmem.io.partons import parton_arrays
 
 __all__ = [
     "DETECTOR_TREE",
@@ -25,6 +26,7 @@ __all__ = [
     "has_tree",
     "iterate_detector",
     "open_tree",
+    "parton_arrays",
     "read_detector",
     "read_metadata",
     "read_partons",

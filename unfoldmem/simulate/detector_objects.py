@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import awkward as ak
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -133,11 +132,7 @@ def partons_to_tensors(partons: ak.Array) -> tuple[Tensor, Tensor]:
 
     Events with fewer partons are padded with zero vectors and pdg 0 (:data:`KIND_NONE`).
     """
-    p = partons.partons
-    width = int(ak.max(ak.num(p, axis=1), initial=0))
-    cols = [
-        ak.to_numpy(ak.fill_none(ak.pad_none(p[k], width, axis=1, clip=True), 0))
-        for k in ("E", "px", "py", "pz", "pdgId")
-    ]
-    mom = torch.from_numpy(np.stack(cols[:4], axis=-1).astype(np.float64))
-    return mom, torch.from_numpy(cols[4].astype(np.int64))
+    from unfoldmem.io.partons import parton_arrays
+
+    mom, pdg = parton_arrays(partons, pad=True)
+    return torch.from_numpy(mom), torch.from_numpy(pdg)

@@ -20,6 +20,7 @@ import awkward as ak
 import numpy as np
 import torch
 
+from unfoldmem.io.partons import parton_arrays
 from unfoldmem.physics import lorentz
 from unfoldmem.physics.observables import evaluate, guess_process, observables_for
 from unfoldmem.unfold.classifier import EventFeatures
@@ -127,20 +128,12 @@ def detector_features(
 
 
 def parton_momenta(partons: ak.Array) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, k, 4) float64 momenta (E, px, py, pz) GeV and (k,) PDG ids of the first event.
+    """(n, k, 4) float64 momenta (E, px, py, pz) GeV and (n, k) int64 PDG ids, as tensors.
 
     Raises:
-        ValueError: events have different numbers of partons or a different slot order.
+        ValueError: events have different numbers of partons.
     """
-    p = partons.partons
-    k = np.unique(np.asarray(ak.num(p)))
-    if k.size != 1:
-        msg = f"parton records have varying multiplicities {k.tolist()}; one process per file"
-        raise ValueError(msg)
-    mom = np.stack(
-        [np.asarray(ak.to_regular(p[c]), dtype=np.float64) for c in ("E", "px", "py", "pz")], -1
-    )
-    pdg = np.asarray(ak.to_regular(p.pdgId), dtype=np.int64)
+    mom, pdg = parton_arrays(partons)
     return torch.from_numpy(mom), torch.from_numpy(pdg)
 
 

@@ -47,11 +47,12 @@ from unfoldmem.flows.cinn import CINN
 from unfoldmem.flows.encoding import pad_reco, parton_objects
 from unfoldmem.flows.model_dir import core_of
 from unfoldmem.flows.training import TrainResult, train
+from unfoldmem.io.partons import parton_arrays
 from unfoldmem.physics import lorentz
 from unfoldmem.physics.observables import Observable
 from unfoldmem.unfold.cinn_unfold import ObservableSamples, observe
 from unfoldmem.unfold.classifier import ClassifierConfig, EventFeatures, train_classifier
-from unfoldmem.unfold.model_layout import ModelLayout, parton_four_momenta, parton_slots
+from unfoldmem.unfold.model_layout import ModelLayout, parton_slots
 from unfoldmem.unfold.posterior import UnfoldedSamples, sample_posterior
 from unfoldmem.unfold.uncertainty import UnfoldedHist
 from unfoldmem.weights import WeightDiagnosticsConfig, check_weights
@@ -127,7 +128,7 @@ class Simulation:
 
     def momenta(self) -> Tensor:
         """(n_all, k, 4) the modelled parton slots (E, px, py, pz) of every generated event."""
-        return torch.from_numpy(parton_four_momenta(self.partons)[:, self.keep])
+        return torch.from_numpy(parton_arrays(self.partons)[0][:, self.keep])
 
 
 def train_cinn(

@@ -20,12 +20,12 @@ from torch import Tensor
 
 from unfoldmem.errors import ModelError
 from unfoldmem.io.atomic import atomic_path
+from unfoldmem.io.partons import parton_arrays
 from unfoldmem.physics import lorentz
 
 __all__ = [
     "LAYOUT_FILE",
     "ModelLayout",
-    "parton_four_momenta",
     "parton_slots",
     "load_layout",
     "check_data",
@@ -35,13 +35,6 @@ __all__ = [
 #: Side file of a model directory holding its :class:`ModelLayout` (written by iterative runs).
 LAYOUT_FILE = "layout.json"
 _COLLECTIONS = ("jets", "muons", "electrons")
-
-
-def parton_four_momenta(partons: ak.Array) -> np.ndarray:
-    """(n, k_all, 4) float64 (E, px, py, pz) of every parton slot of equal-multiplicity parton
-    records (``partons.partons.{E,px,py,pz}``), GeV."""
-    p = partons.partons
-    return np.stack([ak.to_numpy(p[c]).astype(np.float64) for c in ("E", "px", "py", "pz")], -1)
 
 
 def parton_slots(partons: ak.Array, min_pt: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
@@ -56,11 +49,10 @@ def parton_slots(partons: ak.Array, min_pt: float = 1e-6) -> tuple[np.ndarray, n
     Returns:
         keep: (k_all,) bool; pdg: (k,) int64, the most frequent PDG id of each kept slot.
     """
-    four = parton_four_momenta(partons)
+    four, pdg = parton_arrays(partons)
     keep = (lorentz.pt(torch.from_numpy(four)) > min_pt).any(0).numpy()
-    ids = ak.to_numpy(partons.partons.pdgId)[:, keep].astype(np.int64)
     mode = []
-    for col in ids.T:
+    for col in pdg[:, keep].T:
         vals, counts = np.unique(col, return_counts=True)
         mode.append(int(vals[np.argmax(counts)]))
     return keep, np.asarray(mode, dtype=np.int64)

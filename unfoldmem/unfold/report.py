@@ -175,7 +175,8 @@ def independent_truth(
     import awkward as ak
 
     from unfoldmem.errors import InputFileError
-    from unfoldmem.unfold.model_layout import parton_four_momenta, parton_slots
+    from unfoldmem.io.partons import parton_arrays
+    from unfoldmem.unfold.model_layout import parton_slots
 
     try:
         keep, pdg = parton_slots(partons)
@@ -185,7 +186,7 @@ def independent_truth(
     if pdg.tolist() != list(parton_pdg):
         raise InputFileError(path, f"tree 'Partons' has parton slots with PDG ids {pdg.tolist()}, "
                              f"the model {list(parton_pdg)}: not the same process")
-    mom = torch.from_numpy(parton_four_momenta(partons)[:, keep])
+    mom = torch.from_numpy(parton_arrays(partons)[0][:, keep])
     w = ak.to_numpy(partons.weight).astype(np.float64)
     passed = ak.to_numpy(partons.pass_reco).astype(bool)
     n_pass = float(w[passed].sum())
