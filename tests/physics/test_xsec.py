@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests._support.pythia import COMMON, PROCESSES
 from unfoldmem.cards import load_card
 from unfoldmem.physics.hadronic import integrand_from_card
 from unfoldmem.physics.pdf import find_pdf
@@ -22,46 +23,6 @@ from unfoldmem.physics.xsec import cross_section
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "tests" / "data" / "pythia_reference.json"
-
-#: Pythia 8 settings per card; {pdf} is the path of NNPDF31_lo_as_0118_0000.dat.
-COMMON = [
-    "Beams:eCM = 13000.",
-    "PDF:pSet = LHAGrid1:{pdf}",
-    "PartonLevel:all = off",
-    "HadronLevel:all = off",
-    "SigmaProcess:alphaSvalue = 0.118",
-    "SigmaProcess:alphaSorder = 1",
-    "SigmaProcess:alphaEMorder = -1",
-    "StandardModel:alphaEMmZ = 0.00781751",
-    "StandardModel:sin2thetaW = 0.2312",
-    "StandardModel:sin2thetaWbar = 0.2312",
-    "SigmaProcess:factorScale1 = 2",
-    "SigmaProcess:renormScale1 = 2",
-    "SigmaProcess:factorScale2 = 5",
-    "SigmaProcess:renormScale2 = 5",
-    "Random:setSeed = on",
-    "Next:numberCount = 0",
-    "Print:quiet = on",
-]
-PROCESSES: dict[str, list[str]] = {
-    "drell_yan": [
-        "WeakSingleBoson:ffbar2gmZ = on", "WeakZ0:gmZmode = 0", "23:m0 = 91.1876",
-        "23:mWidth = 2.4952", "23:onMode = off", "23:onIfAny = 13", "23:mMin = 60.",
-        "23:mMax = 120.", "PhaseSpace:mHatMin = 60.", "PhaseSpace:mHatMax = 120.",
-        "SigmaProcess:factorFixScale = {mu2}", "SigmaProcess:renormFixScale = {mu2}",
-    ],
-    "w_lnu": [
-        "WeakSingleBoson:ffbar2W = on", "24:m0 = 80.385", "24:mWidth = 2.085",
-        "24:onMode = off", "24:onPosIfAny = 13", "24:mMin = 50.", "24:mMax = 110.",
-        "PhaseSpace:mHatMin = 50.", "PhaseSpace:mHatMax = 110.",
-        "SigmaProcess:factorFixScale = {mu2}", "SigmaProcess:renormFixScale = {mu2}",
-    ],
-    "ttbar": [
-        "Top:gg2ttbar = on", "Top:qqbar2ttbar = on", "6:m0 = 172.5",
-        "PhaseSpace:useBreitWigners = off",
-        "SigmaProcess:factorFixScale = {mu2}", "SigmaProcess:renormFixScale = {mu2}",
-    ],
-}  # fmt: skip
 
 
 def _card(name: str) -> Any:

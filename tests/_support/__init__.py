@@ -1,0 +1,2 @@
+"""Helpers shared by several test modules (settings, samples), so that no test module imports
+another."""
