@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import uproot
 
-from tests.unfold.test_cinn_unfold import MODEL_CARD, make_toy, trained_toy
+from tests._support.dimuon_toy import MODEL_CARD, make_toy, trained_toy
 from unfoldmem.flows.model_dir import data_hash, save_model
 from unfoldmem.io import write_events
 

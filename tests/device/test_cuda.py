@@ -19,12 +19,12 @@ import pytest
 import torch
 import uproot
 
+from tests._support.dimuon_toy import MODEL_CARD, make_toy, trained_toy
 from tests.cli.test_omnifold_cli import _sample
 from tests.conftest import REPO
 from tests.flows.test_model_dir import _sim_file
 from tests.flows.test_training import _data, _Flow, _Kill
 from tests.unfold.cli_pipeline import cli
-from tests.unfold.test_cinn_unfold import MODEL_CARD, make_toy, trained_toy
 from unfoldmem.cards.model import TrainingConfig
 from unfoldmem.flows.encoding import pad_reco, parton_objects
 from unfoldmem.flows.model_dir import data_hash, load_model, save_model

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import chi2 as chi2_dist
 
-from tests.unfold.test_cinn_unfold import make_toy
+from tests._support.dimuon_toy import make_toy
 from unfoldmem.histograms import chi2_ndf
 from unfoldmem.physics.observables import observables_for
 from unfoldmem.unfold.acceptance import (

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.unfold.test_cinn_unfold import MODEL_CARD, make_toy, trained_toy
+from tests._support.dimuon_toy import MODEL_CARD, make_toy, trained_toy
 from unfoldmem.physics.observables import observables_for
 from unfoldmem.unfold.classifier import ClassifierConfig
 from unfoldmem.unfold.iterative import IterativeConfig, Simulation, iterate

@@ -1,6 +1,6 @@
 """Weighted data in the cINN unfolding (issue #14): weight 2 on a random half, 10 % negative weights.
 
-The toy and its trained cINN are those of ``tests/unfold/test_cinn_unfold.py`` (two muons,
+The toy and its trained cINN are those of ``tests/_support/dimuon_toy.py`` (two muons,
 parametric detector, η posterior known). OmniFold's weighted and negative-weight simulations
 are tested in ``tests/unfold/test_omnifold.py`` (slow), the weighted flow training in
 ``tests/flows/test_training.py``.
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.unfold.test_cinn_unfold import KW, make_toy, trained_toy
+from tests._support.dimuon_toy import KW, make_toy, trained_toy
 from unfoldmem.physics.observables import observables_for
 from unfoldmem.unfold.cinn_unfold import unfold
 from unfoldmem.unfold.iterative import Simulation
