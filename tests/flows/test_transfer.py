@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests._support.transfer_toy import PDG, detector_toy, wide_detector_card
 from unfoldmem.cards.detector import DetectorCard
 from unfoldmem.cards.model import FlowConfig, TrainingConfig, TransferConfig
 from unfoldmem.flows.residual import velocity_mass
@@ -20,57 +21,6 @@ from unfoldmem.physics import lorentz
 from unfoldmem.simulate.detector import ParametricDetector
 
 SMALL = FlowConfig(transforms=2, hidden=[16], bins=6)
-PDG = torch.tensor([1, 2, 1, 2])
-
-
-def _card() -> DetectorCard:
-    """Default resolutions; acceptance and efficiency that keep every parton (pt > 5, |η| < 6)."""
-    return DetectorCard.model_validate({
-        "jets": {"pt_min": 5.0, "eta_max": 6.0, "efficiency": [1.0, 1.0]},
-        "isr": {"distribution": "poisson", "mean": 0.6, "max_jets": 2, "pt_min": 25.0,
-                "eta_max": 2.5},
-    })
-
-
-def detector_toy(n: int, seed: int) -> dict[str, torch.Tensor]:
-    """Four massless quarks through the parametric detector; reco jets in parton order + ISR.
-
-    Returns partons (n', 4, 4) (pt, eta, phi, m), reco (n', 6, 7), mask, the exact log W and the
-    four-vectors; events where a parton left no jet (rare: acceptance is wide) are dropped.
-    """
-    g = torch.Generator().manual_seed(seed)
-    pt = torch.exp(math.log(60) + 0.4 * torch.randn(n, 4, generator=g, dtype=torch.float64))
-    eta = torch.randn(n, 4, generator=g, dtype=torch.float64).clamp(-2.2, 2.2)
-    phi = (2 * torch.rand(n, 4, generator=g, dtype=torch.float64) - 1) * math.pi
-    v = torch.stack([pt, eta, phi, torch.zeros_like(pt)], -1)
-    p4 = lorentz.from_ptetaphim(v)
-    det = ParametricDetector(_card())
-    out = det.simulate(p4, PDG.expand(n, 4), g)
-    jets = out.jets
-    matched = jets.mask & (jets.parton_index >= 0)
-    keep = matched.sum(-1) == 4
-    # parton order for matched jets, then ISR jets pt-ordered (key: index, ISR after)
-    key = torch.where(matched, jets.parton_index.double(), 10.0 + 1.0 / (1.0 + jets.pt))
-    key = torch.where(jets.mask, key, 100.0)
-    order = torch.argsort(key, -1)
-    cols = [torch.gather(c, -1, order) for c in (jets.pt, jets.eta, jets.phi, jets.mass)]
-    msk = torch.gather(jets.mask, -1, order)
-    k = cols[0].shape[-1]
-    reco = torch.zeros(n, max(k, 6), 7, dtype=torch.float64)
-    reco[:, :k, :4] = torch.stack(cols, -1)
-    reco[:, :k, 6] = 3.0 * msk
-    mask = torch.zeros(n, max(k, 6), dtype=torch.bool)
-    mask[:, :k] = msk
-    reco, mask = reco[:, :6], mask[:, :6]
-    n_isr = out.n_isr
-    exact = det.log_density(reco[:, :4, :3], p4, PDG).sum(-1)
-    exact = exact - torch.log(-torch.expm1(det.log_prob_lost(p4, PDG))).sum(-1)
-    isr = mask[:, 4:]
-    exact = exact + torch.where(isr, det.log_density_isr(reco[:, 4:, :3]), 0.0).sum(-1)
-    exact = exact + det.log_prob_n_isr(n_isr) + torch.lgamma(n_isr.double() + 1)
-    return {"partons": v[keep], "reco": reco[keep], "mask": mask[keep], "exact": exact[keep]}
-
-
 def _model(data: dict[str, torch.Tensor], flow: FlowConfig = SMALL,
            residual: bool = False) -> TransferFlow:
     cfg = TransferConfig(multiplicities=[4, 5, 6], open_last=True, classifier_hidden=[16],
@@ -201,7 +151,7 @@ def test_residual_refuses_lost_pairing_and_four_vectors() -> None:
 def test_exact_density_is_normalised_over_multiplicity() -> None:
     """The oracle used below is sane: P(n_isr) sums to 1 and the exact log W is finite."""
     data = detector_toy(300, 2)
-    det = ParametricDetector(_card())
+    det = ParametricDetector(wide_detector_card())
     assert abs(float(det.log_prob_n_isr(torch.arange(3)).exp().sum()) - 1) < 1e-12
     assert bool(torch.isfinite(data["exact"]).all())
     assert data["partons"].shape[0] > 290

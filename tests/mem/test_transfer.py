@@ -7,7 +7,7 @@ from functools import cache
 
 import torch
 
-from tests.flows.test_transfer import _card, detector_toy
+from tests._support.transfer_toy import detector_toy, wide_detector_card
 from unfoldmem.cards.model import FlowConfig, TransferConfig
 from unfoldmem.flows.transfer import TransferFlow
 from unfoldmem.mem.assignments import RecoEvents
@@ -39,7 +39,7 @@ def _setup(pairing: str) -> tuple[TransferFlow, RecoEvents, torch.Tensor, Parame
     rows = torch.cat([(n_jets == 4).nonzero()[:6, 0], (n_jets == 5).nonzero()[:1, 0]])
     events = RecoEvents(reco[rows], mask[rows])
     partons = lorentz.from_ptetaphim(data["partons"][rows])[None]
-    return model, events, partons, ParametricDetector(_card())
+    return model, events, partons, ParametricDetector(wide_detector_card())
 
 
 def test_prepare_gives_the_assignments() -> None:
