@@ -67,6 +67,48 @@ def make_detector_events(n: int, seed: int = 1) -> ak.Array:
     )
 
 
+def write_random_sim_file(path: Path, n: int = 400) -> Path:
+    """A simulation file of :func:`make_detector_events` records and gg → dd̄ parton records with
+    random kinematics (not physics: for training-mechanics tests)."""
+    from unfoldmem.io import write_events
+
+    det = make_detector_events(n, seed=3)
+    rng = np.random.default_rng(4)
+    pt = rng.uniform(20, 100, (n, 2))
+    eta = rng.normal(0, 1, (n, 2))
+    phi = rng.uniform(-np.pi, np.pi, (n, 2))
+    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+    e = np.sqrt(px**2 + py**2 + pz**2)
+    beam = np.array([[3000.0, 0, 0, 3000.0], [2000.0, 0, 0, -2000.0]])
+    four = np.concatenate([np.broadcast_to(beam, (n, 2, 4)), np.stack([e, px, py, pz], -1)], 1)
+    ids = np.broadcast_to(np.array([21, 21, 1, -1], dtype=np.int32), (n, 4))
+    partons = ak.zip(
+        {
+            "event_id": np.arange(n, dtype=np.int64),
+            "weight": rng.uniform(0.5, 1.5, n),
+            "pass_reco": np.ones(n, dtype=bool),
+            "x1": np.full(n, 0.1),
+            "x2": np.full(n, 0.2),
+            "id1": np.full(n, 21, dtype=np.int32),
+            "id2": np.full(n, 21, dtype=np.int32),
+            "partons": ak.from_regular(
+                ak.zip(
+                    {
+                        "E": four[..., 0],
+                        "px": four[..., 1],
+                        "py": four[..., 2],
+                        "pz": four[..., 3],
+                        "pdgId": ids,
+                    }
+                ),
+                axis=1,
+            ),
+        },
+        depth_limit=1,
+    )
+    return write_events(path, det, partons)
+
+
 @pytest.fixture
 def detector_events() -> ak.Array:
     return make_detector_events(500)

@@ -21,8 +21,7 @@ import uproot
 
 from tests._support.dimuon_toy import MODEL_CARD, make_toy, trained_toy
 from tests.cli.test_omnifold_cli import _sample
-from tests.conftest import REPO
-from tests.flows.test_model_dir import _sim_file
+from tests.conftest import REPO, write_random_sim_file
 from tests.flows.test_training import _data, _Flow, _Kill
 from tests.unfold.cli_pipeline import cli
 from unfoldmem.cards.model import TrainingConfig
@@ -114,7 +113,7 @@ def test_cinn_on_cuda_matches_cpu_density_and_sampling() -> None:
 def test_cli_train_and_unfold_on_cuda(tmp_path: Path) -> None:
     """`unfoldmem train --device cuda` writes a model that loads on the CPU (weights_only) with
     the GPU's density; `unfoldmem unfold --device cuda` writes the same outputs as on the CPU."""
-    sim = _sim_file(tmp_path / "sim.root")
+    sim = write_random_sim_file(tmp_path / "sim.root")
     card = REPO / "cards" / "models" / "cinn_demo.yaml"
     cli("train", card, "--data", sim, "-o", tmp_path / "m", "--epochs", "1", "--device", "cuda")
     loaded = load_model(tmp_path / "m")

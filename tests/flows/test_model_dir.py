@@ -6,12 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-import awkward as ak
-import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, make_detector_events
+from tests.conftest import REPO, write_random_sim_file
 from unfoldmem.cards import load_card
 from unfoldmem.cards.model import ConditionConfig, FlowConfig, ModelCard, TransferConfig
 from unfoldmem.errors import ModelError
@@ -180,46 +178,6 @@ def test_shipped_model_cards_build() -> None:
         assert sum(p.numel() for p in model.parameters()) > 0, path
 
 
-def _sim_file(path: Path, n: int = 400) -> Path:
-    from unfoldmem.io import write_events
-
-    det = make_detector_events(n, seed=3)
-    rng = np.random.default_rng(4)
-    pt = rng.uniform(20, 100, (n, 2))
-    eta = rng.normal(0, 1, (n, 2))
-    phi = rng.uniform(-np.pi, np.pi, (n, 2))
-    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
-    e = np.sqrt(px**2 + py**2 + pz**2)
-    beam = np.array([[3000.0, 0, 0, 3000.0], [2000.0, 0, 0, -2000.0]])
-    four = np.concatenate([np.broadcast_to(beam, (n, 2, 4)), np.stack([e, px, py, pz], -1)], 1)
-    ids = np.broadcast_to(np.array([21, 21, 1, -1], dtype=np.int32), (n, 4))
-    partons = ak.zip(
-        {
-            "event_id": np.arange(n, dtype=np.int64),
-            "weight": rng.uniform(0.5, 1.5, n),
-            "pass_reco": np.ones(n, dtype=bool),
-            "x1": np.full(n, 0.1),
-            "x2": np.full(n, 0.2),
-            "id1": np.full(n, 21, dtype=np.int32),
-            "id2": np.full(n, 21, dtype=np.int32),
-            "partons": ak.from_regular(
-                ak.zip(
-                    {
-                        "E": four[..., 0],
-                        "px": four[..., 1],
-                        "py": four[..., 2],
-                        "pz": four[..., 3],
-                        "pdgId": ids,
-                    }
-                ),
-                axis=1,
-            ),
-        },
-        depth_limit=1,
-    )
-    return write_events(path, det, partons)
-
-
 def test_cli_train_and_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -227,7 +185,7 @@ def test_cli_train_and_resume(
     and a wrong card kind are handled."""
     from unfoldmem.cli import main
 
-    sim = _sim_file(tmp_path / "sim.root")
+    sim = write_random_sim_file(tmp_path / "sim.root")
     card = REPO / "cards" / "models" / "cinn_demo.yaml"
 
     def run(*args: str) -> int:
