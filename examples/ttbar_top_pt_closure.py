@@ -13,7 +13,7 @@ What it does (the slow test ``tests/unfold/test_cinn_unfold_ttbar_closure.py`` w
 5. prints the table of χ²/ndf against the reference and the 68 % calibrations, writes
    ``OUT/closure.json`` and the plots under ``OUT/one_pass/plots`` and ``OUT/iterative/plots``.
 
-Run from the repository root (about 4 minutes on one CPU core with the defaults)::
+Run from the repository root (about 6 minutes on one CPU core at load 5 with the defaults)::
 
     OMP_NUM_THREADS=1 .venv/bin/python examples/ttbar_top_pt_closure.py --out out/tt_closure
     OMP_NUM_THREADS=1 .venv/bin/python examples/ttbar_top_pt_closure.py --onshell --out out/tt_os

@@ -268,3 +268,58 @@ def test_cinn_uses_resonances_and_model_dir_round_trip(tmp_path: object) -> None
     assert load_model(old).card.encoding.parton_coordinates == "objects"
     d = json.loads((old / "encoding.json").read_text())
     assert isinstance(parton_encoding_from_dict(d["parton"]), ObjectEncoding)
+
+
+@pytest.mark.parametrize("kick", [False, True])
+def test_helicity_angles(kick: bool) -> None:
+    """``helicity``: decay angles of nested nodes about the parent's lab flight direction.
+    References: v -> x -> v (1e-8); the Jacobian against autograd; the boost formula
+    E_μ = γ(E* + β p* cos θ*) = (E_W + |p⃗_W| cos θ*)/2 of W⁺ → μ⁺ν for the W⁺ node's cos θ*;
+    roots keep the lab axes; to_dict/from_dict keeps it, a dict without the key (models saved
+    before the option) means lab axes."""
+    v = ttbar_partons(1000, 5, kick)
+    tree = decay_tree([5, -13, 14, -5, 1, -2])
+    hel = ResonanceEncoding.fit(v, tree=tree, helicity=True)
+    lab = ResonanceEncoding.fit(v, tree=tree)
+    # nodes in post-order: W⁺, t, W⁻, t̄[, tt̄]; with kick the tops are the roots
+    assert hel.hel_node == ([True, False, True, False] if kick else [True] * 4 + [False])
+    x, ladj = hel(v)
+    assert torch.isfinite(x).all() and torch.isfinite(ladj).all()
+    assert not torch.allclose(x, lab(v)[0], atol=1e-3)
+    total = lorentz.from_ptetaphim(v)[..., 1:3].sum(-2)
+    assert _close(hel.inverse(x, transverse=None if kick else total), v)
+    jacobian_check(hel, v)
+    raw = x * hel.std + hel.mean
+    n_nodes = len(hel.nodes)
+    first_angle = (6 if kick else 1) + n_nodes  # roots' (y[, log pT, φ]), then the log M
+    cos = torch.tanh(raw[:, first_angle])
+    p = lorentz.from_ptetaphim(v)
+    w = p[:, 1] + p[:, 2]
+    e_mu = 0.5 * (w[:, 0] + torch.linalg.vector_norm(w[:, 1:], dim=-1) * cos)
+    assert torch.allclose(e_mu, p[:, 1, 0], rtol=1e-9)
+    d = hel.to_dict()
+    assert d["helicity"] is True and "helicity" not in lab.to_dict()
+    assert torch.equal(parton_encoding_from_dict(d)(v)[0], x)
+    d.pop("helicity")
+    assert parton_encoding_from_dict(d).hel_node == [False] * n_nodes
+
+
+def test_cinn_resonances_use_helicity_angles_for_nested_decays() -> None:
+    """CINN.from_data with the default resonance coordinates of a tt̄ decay tree measures the
+    W and top decay angles about their flight directions (docs/unfolding.md, #8); a single
+    resonance (Drell–Yan) is a root and keeps the lab axes. Reference: the node layout of the
+    tree (post-order W⁺, t, W⁻, t̄, tt̄)."""
+    v = ttbar_partons(300, 6)
+    reco = torch.zeros(v.shape[0], 7, 7, dtype=F64)
+    reco[:, 1:, :4] = v
+    reco[:, 1:, 6] = 3.0
+    mask = torch.ones(v.shape[0], 7, dtype=torch.bool)
+    small = {"flow": FlowConfig(transforms=2, hidden=[8]),
+             "condition": ModelCard(name="c", condition={"embed": 4, "hidden": [4],
+                                                         "context": 2}).condition}
+    enc = CINN.from_data(v, reco, mask, pdg=[5, -13, 14, -5, 1, -2], **small).parton_encoding
+    assert isinstance(enc, ResonanceEncoding) and enc.helicity
+    assert enc.hel_node == [True, True, True, True, False]
+    dy = dilepton(300, 9, kick=False)
+    enc = CINN.from_data(dy, *_reco(dy), pdg=[13, -13], **small).parton_encoding
+    assert isinstance(enc, ResonanceEncoding) and enc.hel_node == [False]

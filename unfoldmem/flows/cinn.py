@@ -340,7 +340,9 @@ class CINN(nn.Module):
         :class:`~unfoldmem.flows.onshell.OnShellEncoding`): from the PDG ids
         (:func:`~unfoldmem.flows.decay_tree.decay_tree`) or, without them, from narrow
         invariant masses (:func:`~unfoldmem.flows.decay_tree.infer_tree`). A tree without
-        any resonance is the plain :class:`ObjectEncoding`.
+        any resonance is the plain :class:`ObjectEncoding`. Resonance coordinates take the decay
+        angles of nested nodes (W in t → bW) about the parent's flight direction
+        (``helicity=True``); roots keep the lab axes.
 
         Arguments:
             partons: (n, n_partons, 4) (pt GeV, eta, phi, m GeV).
@@ -354,8 +356,10 @@ class CINN(nn.Module):
         penc = ObjectEncoding.fit(partons, weight, encoding.relative_phi, encoding.mass_offset)
         tree = None if pdg is None else narrow_tree(decay_tree(pdg), partons)
         if encoding.parton_coordinates == "resonances":
+            # helicity angles of nested decays: measured better in the tt̄ closure (#8,
+            # docs/unfolding.md); a saved model keeps the angles it was trained with
             renc = ResonanceEncoding.fit(partons, weight, tree, encoding.relative_phi,
-                                         encoding.mass_offset)
+                                         encoding.mass_offset, helicity=True)
             if renc.nodes:
                 penc = renc
         elif encoding.parton_coordinates == "onshell":

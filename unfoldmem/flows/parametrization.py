@@ -98,6 +98,13 @@ class ResonanceEncoding(DecayTreeEncoding):
         relative_phi: φ of roots 1.. relative to root 0.
         mass_offset: :math:`m_0` in :math:`\log(m + m_0)` of free-mass partons, GeV.
         mean, std: standardisation statistics of the raw features.
+        helicity: the decay angles of a node that is not a root are measured about its lab
+            flight direction z' (x' in the plane of z' and the beam, y' = beam × z'), not about
+            the lab axes. A rotation: same Jacobian, but the lab energy of a daughter is then
+            linear in its cos θ* alone, E = γ(E* + β p* cos θ*), so a well-measured decay
+            product pins one coordinate instead of a curve in (cos θ*, φ*) that moves with the
+            parent's direction. (Roots keep the lab axes: the pair of a Σp_T = 0 event flies
+            along the beam.)
 
     Raw features: per root :math:`\log p_T, y, \operatorname{atanh}(\phi/\pi)` (only y for a
     fixed-pt root); per node :math:`\log M`; per free-mass parton :math:`\log(m + m_0)`; per
@@ -115,6 +122,7 @@ class ResonanceEncoding(DecayTreeEncoding):
         mean: Tensor | None = None,
         std: Tensor | None = None,
         pt_sigma: float = 1.0,
+        helicity: bool = False,
     ) -> None:
         super().__init__()
         free, _ = self._set_tree(tree, free_mass, fixed_mass)
@@ -123,6 +131,8 @@ class ResonanceEncoding(DecayTreeEncoding):
             raise ValueError(msg)
         self.fixed_pt, self.relative_phi = bool(fixed_pt), bool(relative_phi)
         self.mass_offset, self.pt_sigma = float(mass_offset), float(pt_sigma)
+        self.helicity = bool(helicity)
+        self.hel_node = [helicity and -j - 1 not in self.roots for j in range(len(self.nodes))]
         d = (len(self.roots) * (1 if fixed_pt else 3) + 3 * len(self.nodes) + int(free.sum()))
         register_standardisation(self, d, mean, std)
 
@@ -137,6 +147,7 @@ class ResonanceEncoding(DecayTreeEncoding):
         mass_tolerance: float = 1e-3,
         pt_tolerance: float = 1e-9,
         pt_sigma: float = 1.0,
+        helicity: bool = False,
     ) -> ResonanceEncoding:
         """Build the encoding from training partons (n, k, 4) (pt GeV, eta, phi, m GeV).
 
@@ -148,13 +159,27 @@ class ResonanceEncoding(DecayTreeEncoding):
                 event, the roots are joined into one whose :math:`\vec P_T` is Gaussian.
             pt_sigma: width of that Gaussian per component, GeV (1 GeV: the smallest recoil
                 kernel of the MEM, see :meth:`unfoldmem.mem.likelihood.MEMLikelihood.kernel_sigma`).
+            helicity: decay angles of non-root nodes about the parent's lab flight direction
+                (see the class docstring).
         """
         objects = objects.double()
         tree, free, fixed, fixed_pt = cls.fit_layout(objects, weight, tree, mass_tolerance,
                                                      pt_tolerance)
-        enc = cls(tree, free, fixed, fixed_pt, relative_phi, mass_offset, pt_sigma=pt_sigma)
+        enc = cls(tree, free, fixed, fixed_pt, relative_phi, mass_offset, pt_sigma=pt_sigma,
+                  helicity=helicity)
         enc._fit_standardisation(objects, weight)
         return enc
+
+    @staticmethod
+    def _helicity_axes(big: Tensor) -> Tensor:
+        """(..., 3, 3) rows x', y', z': z' the lab flight direction of ``big`` (..., 4),
+        y' = z_beam × z' normalised, x' = y' × z'."""
+        z = big[..., 1:] / torch.linalg.vector_norm(big[..., 1:], dim=-1, keepdim=True)
+        pt = torch.sqrt(z[..., 0] ** 2 + z[..., 1] ** 2)
+        cy, sy = z[..., 0] / pt, z[..., 1] / pt  # y' = (-sin φ, cos φ, 0)
+        # x' = y' × z' written out (no linalg.cross: the decoder is exported to ONNX)
+        x = torch.stack([cy * z[..., 2], sy * z[..., 2], -pt], -1)
+        return torch.stack([x, torch.stack([-sy, cy, torch.zeros_like(cy)], -1), z], -2)
 
     def _masses(self, v: Tensor) -> Tensor:
         return torch.where(self.free_mass, v[..., 3], self.fixed_mass)
@@ -173,11 +198,13 @@ class ResonanceEncoding(DecayTreeEncoding):
         for j, (a, b) in enumerate(self.nodes):
             big = mom[a] + mom[b]
             mj = torch.sqrt(lorentz.mass2(big).clamp_min(1e-300))
-            q = lorentz.boost_frame(mom[a], big, mj, to_rest=True)[..., 1:]
-            cos = (q[..., 2] / torch.linalg.vector_norm(q, dim=-1)).clamp(-U_MAX, U_MAX)
-            u = (torch.atan2(q[..., 1], q[..., 0]) / math.pi).clamp(-U_MAX, U_MAX)
             mom[-j - 1], mass[-j - 1] = big, mj
             log_m.append(mj.log())
+            q = lorentz.boost_frame(mom[a], big, mj, to_rest=True)[..., 1:]
+            if self.hel_node[j]:  # a rotation: dΩ* unchanged
+                q = (self._helicity_axes(big) @ q[..., None])[..., 0]
+            cos = (q[..., 2] / torch.linalg.vector_norm(q, dim=-1)).clamp(-U_MAX, U_MAX)
+            u = (torch.atan2(q[..., 1], q[..., 0]) / math.pi).clamp(-U_MAX, U_MAX)
             angles += [torch.atanh(cos), torch.atanh(u)]
             ladj = (ladj - _pstar(mj, mass[a], mass[b]).log() - mj.log()
                     - torch.log1p(-cos * cos) - math.log(math.pi) - torch.log1p(-u * u))
@@ -251,6 +278,8 @@ class ResonanceEncoding(DecayTreeEncoding):
             cos, phs = torch.tanh(ang[..., 2 * j]), math.pi * torch.tanh(ang[..., 2 * j + 1])
             sin = torch.sqrt((1 - cos * cos).clamp_min(0.0))
             d = torch.stack([sin * torch.cos(phs), sin * torch.sin(phs), cos], -1) * ps[..., None]
+            if self.hel_node[j]:
+                d = (self._helicity_axes(big).transpose(-1, -2) @ d[..., None])[..., 0]
             qa = torch.cat([torch.sqrt(ps * ps + mass[a] ** 2)[..., None], d], -1)
             qb = torch.cat([torch.sqrt(ps * ps + mass[b] ** 2)[..., None], -d], -1)
             mom[a], mom[b] = lorentz.boost_frame(qa, big, mj), lorentz.boost_frame(qb, big, mj)
@@ -258,14 +287,18 @@ class ResonanceEncoding(DecayTreeEncoding):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON description (tree, layout, statistics); inverse of :meth:`from_dict`."""
-        return {**self._dict_common("resonances"), "relative_phi": self.relative_phi}
+        out = {**self._dict_common("resonances"), "relative_phi": self.relative_phi}
+        if self.helicity:  # absent: lab axes (every model saved before the option)
+            out["helicity"] = True
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ResonanceEncoding:
         """Rebuild an encoding from :meth:`to_dict` output."""
         return cls(d["tree"], d["free_mass"], d["fixed_mass"], d["fixed_pt"], d["relative_phi"],
                    d["mass_offset"], torch.tensor(d["mean"], dtype=torch.float64),
-                   torch.tensor(d["std"], dtype=torch.float64), d.get("pt_sigma", 1.0))
+                   torch.tensor(d["std"], dtype=torch.float64), d.get("pt_sigma", 1.0),
+                   bool(d.get("helicity", False)))
 
 
 def parton_encoding_from_dict(d: dict[str, Any]) -> nn.Module:
