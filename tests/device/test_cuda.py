@@ -20,9 +20,9 @@ import torch
 import uproot
 
 from tests._support.dimuon_toy import MODEL_CARD, make_toy, trained_toy
+from tests._support.training_toy import KillTraining, TinyFlow, gaussian_data
 from tests.cli.test_omnifold_cli import _sample
 from tests.conftest import REPO, write_random_sim_file
-from tests.flows.test_training import _data, _Flow, _Kill
 from tests.unfold.cli_pipeline import cli
 from unfoldmem.cards.model import TrainingConfig
 from unfoldmem.flows.encoding import pad_reco, parton_objects
@@ -39,21 +39,21 @@ def test_training_on_cuda_resumes_exactly(tmp_path: Path) -> None:
     curve as an uninterrupted GPU run (the CUDA generator state is in the checkpoint)."""
     cfg = TrainingConfig(epochs=3, batch_size=64, checkpoint_every=5, schedule="onecycle",
                          patience=0)
-    data = _data()
+    data = gaussian_data()
     torch.manual_seed(3)
-    ref = _Flow()
+    ref = TinyFlow()
     r_ref = train(ref, data, cfg, quiet=True, device="cuda")
 
     def kill(step: int, loss: float) -> None:
         if step == 7:
-            raise _Kill
+            raise KillTraining
 
     torch.manual_seed(3)
-    with pytest.raises(_Kill):
-        train(_Flow(), data, cfg, checkpoint=tmp_path / "ckpt.pt", callback=kill, quiet=True,
+    with pytest.raises(KillTraining):
+        train(TinyFlow(), data, cfg, checkpoint=tmp_path / "ckpt.pt", callback=kill, quiet=True,
               device="cuda")
     torch.manual_seed(99)
-    resumed = _Flow()
+    resumed = TinyFlow()
     r_res = train(resumed, data, cfg, checkpoint=tmp_path / "ckpt.pt", resume=True, quiet=True,
                   device="cuda")
     for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
@@ -66,10 +66,10 @@ def test_cuda_training_follows_the_cpu_run() -> None:
     """Same seed, same initial weights, same batches: the GPU loss curve equals the CPU one to
     float32 rounding (1e-4 relative after 12 AdamW steps)."""
     cfg = TrainingConfig(epochs=3, batch_size=64, schedule="cosine", patience=0)
-    data = _data()
+    data = gaussian_data()
     torch.manual_seed(5)
-    cpu = _Flow()
-    gpu = _Flow()
+    cpu = TinyFlow()
+    gpu = TinyFlow()
     gpu.load_state_dict(cpu.state_dict())
     h_cpu = train(cpu, data, cfg, quiet=True).history["train"]
     h_gpu = train(gpu, data, cfg, quiet=True, device="cuda").history["train"]

@@ -243,7 +243,7 @@ def test_onshell_cinn_exports_to_torchscript(tmp_path, kick):
     on-shell coordinates (lab leaves, directions relative to the lepton, the top-down hadronic
     top; or all bottom-up for kicked events) exports as TorchScript and reproduces the partons;
     ONNX is refused as for resonance coordinates."""
-    from tests.flows.test_parametrization import ttbar_partons
+    from tests._support.encoding_checks import ttbar_partons
     from unfoldmem.physics import lorentz
 
     objs = ttbar_partons(96, 11, kick)

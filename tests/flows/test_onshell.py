@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from tests.flows.test_parametrization import (
-    _close,
-    _reco,
+from tests._support.encoding_checks import (
     assert_normalised,
+    close_ptetaphi,
     dilepton,
     jacobian_check,
+    toy_reco,
     ttbar_partons,
 )
 from unfoldmem.cards.model import EncodingConfig, FlowConfig, ModelCard
@@ -51,7 +51,7 @@ def test_round_trip(case: str) -> None:
     x, ladj = enc(v)
     assert torch.isfinite(x).all() and torch.isfinite(ladj).all()
     total = lorentz.from_ptetaphim(v)[..., 1:3].sum(-2)
-    assert _close(enc.inverse(x, transverse=total if enc.fixed_pt else None), v)
+    assert close_ptetaphi(enc.inverse(x, transverse=total if enc.fixed_pt else None), v)
     raw = x * enc.std + enc.mean
     if case.startswith("ttbar"):
         assert torch.allclose(raw[:, 0], v[:, 1, 0].log(), rtol=1e-12)  # μ⁺: lab log p_T
@@ -83,7 +83,7 @@ def test_log_jacobian_free_mass_primary_and_dilepton_top_down() -> None:
     v[:, 0, 3] = 1.0 + 5.0 * torch.rand(300, generator=g, dtype=F64)
     enc = OnShellEncoding.fit(v, tree=[[0, 1]])
     assert enc.free_index == [0] and enc.n_features == 7
-    assert _close(enc.inverse(enc(v)[0]), v)
+    assert close_ptetaphi(enc.inverse(enc(v)[0]), v)
     jacobian_check(enc, v, rows=3)
     enc = OnShellEncoding.fit(dilepton(300, 5, kick=False), tree=[[0, 1]])
     assert [s[0] for s in enc.steps] == ["anchor", "td"]
@@ -114,7 +114,7 @@ def test_cinn_onshell_model_dir_round_trip_and_card(tmp_path: object) -> None:
     encoding Jacobian; samples have P⃗_T ~ N(0, 1 GeV²); a model directory reloads it; the
     card refuses relative_phi with onshell."""
     v = dilepton(256, 9, kick=False)
-    reco, mask = _reco(v)
+    reco, mask = toy_reco(v)
     cond = ModelCard(name="c", condition={"embed": 4, "hidden": [4], "context": 2}).condition
     model = CINN.from_data(v, reco, mask, flow=FlowConfig(transforms=2, hidden=[8]),
                            condition=cond,

@@ -8,6 +8,15 @@ import math
 import pytest
 import torch
 
+from tests._support.encoding_checks import (
+    F64,
+    assert_normalised,
+    close_ptetaphi,
+    dilepton,
+    jacobian_check,
+    toy_reco,
+    ttbar_partons,
+)
 from unfoldmem.cards.model import EncodingConfig, FlowConfig, ModelCard
 from unfoldmem.flows.cinn import CINN
 from unfoldmem.flows.encoding import ObjectEncoding
@@ -21,63 +30,6 @@ from unfoldmem.flows.parametrization import (
 )
 from unfoldmem.physics import lorentz
 from unfoldmem.physics.process import get_process
-
-F64 = torch.float64
-
-
-def _boost_z(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    b = torch.zeros(*p.shape[:-1], 3, dtype=F64)
-    b[..., 2] = torch.tanh(y)[:, None]
-    return lorentz.boost(p, b)
-
-
-def ttbar_partons(n: int, seed: int = 0, kick: bool = False) -> torch.Tensor:
-    """(b μ⁺ ν b̄ d ū) of the ttbar_semileptonic phase space, boosted along z (and in x if kick)."""
-    g = torch.Generator().manual_seed(seed)
-    proc = get_process("ttbar_semileptonic", top_width="lo")
-    shat = (400.0 + 600.0 * torch.rand(n, generator=g, dtype=F64)) ** 2
-    p, w = proc.phase_space(torch.rand(n, 14, generator=g, dtype=F64), shat, proc.theta())
-    p = p[w > 0]
-    p = _boost_z(p, torch.randn(p.shape[0], generator=g, dtype=F64))
-    if kick:
-        b = torch.zeros(*p.shape[:-1], 3, dtype=F64)
-        b[..., 0] = 0.3 * torch.rand(p.shape[0], 1, generator=g, dtype=F64)
-        p = lorentz.boost(p, b)
-    v = lorentz.to_ptetaphim(p)
-    v[..., 3] = 0.0
-    return v
-
-
-def dilepton(n: int, seed: int = 0, kick: bool = True, wide: bool = False) -> torch.Tensor:
-    """Massless pair of mass ~ N(91, 3) GeV (wide: 60 e^{0.3 z}), isotropic decay, boosted along
-    z and, if kick, transversely by β ∈ [0.3, 0.6] in a random direction."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, generator=g, dtype=F64)
-    m = 60.0 * torch.exp(0.3 * z) if wide else 91.0 + 3.0 * z
-    cos = 2 * torch.rand(n, generator=g, dtype=F64) - 1
-    phi = (2 * torch.rand(n, generator=g, dtype=F64) - 1) * math.pi
-    s = torch.sqrt(1 - cos**2)
-    d = 0.5 * m[:, None] * torch.stack([s * torch.cos(phi), s * torch.sin(phi), cos], -1)
-    e = 0.5 * m[:, None]
-    p = torch.stack([torch.cat([e, d], -1), torch.cat([e, -d], -1)], 1)
-    p = _boost_z(p, torch.randn(n, generator=g, dtype=F64))
-    if kick:
-        beta = 0.3 * (1 + torch.rand(n, 1, generator=g, dtype=F64))
-        angle = 2 * math.pi * torch.rand(n, 1, generator=g, dtype=F64)
-        b = torch.zeros(n, 2, 3, dtype=F64)
-        b[..., 0], b[..., 1] = beta * torch.cos(angle), beta * torch.sin(angle)
-        p = lorentz.boost(p, b)
-    v = lorentz.to_ptetaphim(p)
-    v[..., 3] = 0.0
-    return v
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-8) -> bool:
-    d = a - b
-    d[..., 2] = lorentz.delta_phi(a[..., 2], b[..., 2])
-    scale = torch.ones_like(a)
-    scale[..., 0] = b[..., 0]
-    return bool(((d / scale).abs() < tol).all())
 
 
 def test_decay_tree_of_builtin_processes() -> None:
@@ -128,64 +80,13 @@ def test_round_trip(case: str) -> None:
     assert torch.isfinite(x).all() and torch.isfinite(ladj).all()
     assert torch.allclose(x.mean(0), torch.zeros(n_coord, dtype=F64), atol=1e-8)
     total = lorentz.from_ptetaphim(v)[..., 1:3].sum(-2)
-    assert _close(enc.inverse(x, transverse=total), v)
+    assert close_ptetaphi(enc.inverse(x, transverse=total), v)
     # a resonance mass is a coordinate: the W mass of the leptonic top, exactly
     if case.startswith("ttbar"):
         m_w = lorentz.mass(lorentz.from_ptetaphim(v[:, 1:3]).sum(1))
         raw = x * enc.std + enc.mean
         i = 1 if enc.fixed_pt else 6
         assert torch.allclose(raw[:, i].exp(), m_w, rtol=1e-9)  # nodes: W+, t, W-, t̄[, tt̄]
-
-
-def jacobian_check(enc: torch.nn.Module, v: torch.Tensor, rows: int = 4) -> None:
-    """log|det ∂x/∂v| of a decay-tree encoding vs autograd on the first ``rows`` events, over
-    every (pt, η, φ) and the free masses. With Σp_T = 0 (``fixed_pt``): the Jacobian of
-    (x, ΣP_x, ΣP_y) plus log N(ΣP⃗_T; 0, σ²), as the encodings' docstrings define it."""
-    s2 = enc.pt_sigma**2
-    var = torch.zeros(v.shape[1], 4, dtype=torch.bool)
-    var[:, :3] = True
-    var[:, 3] = enc.free_mass  # a free mass is a physical variable, a fixed one is not
-    for i in range(rows):
-        v0 = v[i].clone()
-        gauss = 0.0
-        if enc.fixed_pt:
-            p0 = lorentz.from_ptetaphim(torch.cat([v0[:, :3], enc.fixed_mass[:, None]], -1))
-            gauss = -(p0[:, 1:3].sum(0) ** 2).sum() / (2 * s2) - math.log(2 * math.pi * s2)
-
-        def f(u: torch.Tensor, v0: torch.Tensor = v0) -> torch.Tensor:
-            w = v0.clone()
-            w[var] = u
-            x = enc(w)[0]
-            if not enc.fixed_pt:
-                return x
-            p = lorentz.from_ptetaphim(torch.cat([w[:, :3], enc.fixed_mass[:, None]], -1))
-            return torch.cat([x, p[:, 1:3].sum(0)])
-
-        jac = torch.autograd.functional.jacobian(f, v0[var])
-        assert jac.shape[0] == jac.shape[1]
-        ref = torch.linalg.slogdet(jac)[1]
-        assert torch.allclose(enc(v0)[1], ref + gauss, atol=1e-8, rtol=1e-10)
-
-
-def assert_normalised(enc: torch.nn.Module, n: int = 400_000, seed: int = 8) -> None:
-    """∫ N(x(v); 0, 0.5²) exp(ladj(v)) dv = 1 over the 6 (pt, η, φ) of a massless pair, by
-    importance sampling from an independent proposal (log-normal p_T, normal η, uniform φ):
-    within 4σ of the MC error, which must be below 0.03."""
-    g = torch.Generator().manual_seed(seed)
-    lpt = math.log(30.0) + 0.8 * torch.randn(n, 2, generator=g, dtype=F64)
-    eta = 2.5 * torch.randn(n, 2, generator=g, dtype=F64)
-    phi = (2 * torch.rand(n, 2, generator=g, dtype=F64) - 1) * math.pi
-    w = torch.stack([lpt.exp(), eta, phi, torch.zeros_like(eta)], -1)
-    log_g = (-0.5 * ((lpt - math.log(30.0)) / 0.8) ** 2 - math.log(0.8 * math.sqrt(2 * math.pi))
-             - lpt - 0.5 * (eta / 2.5) ** 2 - math.log(2.5 * math.sqrt(2 * math.pi))
-             - math.log(2 * math.pi)).sum(-1)
-    x, ladj = enc(w)
-    s = 0.5
-    log_p = (-0.5 * (x / s) ** 2 - math.log(s * math.sqrt(2 * math.pi))).sum(-1) + ladj
-    r = torch.exp(log_p - log_g)
-    mean, err = r.mean(), r.std() / math.sqrt(n)
-    assert err < 0.03
-    assert abs(float(mean) - 1.0) < 4 * float(err)
 
 
 @pytest.mark.parametrize("kick", [True, False])
@@ -208,7 +109,7 @@ def test_log_jacobian_free_masses_and_relative_phi() -> None:
     v[..., 3] = 1.0 + 5.0 * torch.rand(300, 4, generator=g, dtype=F64)
     enc = ResonanceEncoding.fit(v, tree=[[0, 1], [2, 3]])
     assert enc.free_mass.all() and enc.n_features == 16
-    assert _close(enc.inverse(enc(v)[0]), v)
+    assert close_ptetaphi(enc.inverse(enc(v)[0]), v)
     jacobian_check(enc, v)
 
 
@@ -224,18 +125,11 @@ def test_density_normalised_importance(kick: bool) -> None:
     assert_normalised(enc)
 
 
-def _reco(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    reco = torch.zeros(v.shape[0], 3, 7, dtype=F64)
-    reco[:, 1:, :4] = v
-    reco[:, 1:, 6] = 1.0
-    return reco, torch.ones(v.shape[0], 3, dtype=torch.bool)
-
-
 def test_cinn_uses_resonances_and_model_dir_round_trip(tmp_path: object) -> None:
     """CINN.from_data picks the encoding from the card; log_prob_partons = flow density +
     encoding Jacobian; a model directory saves and reloads it; old directories mean objects."""
     v = dilepton(256, 9, kick=False)
-    reco, mask = _reco(v)
+    reco, mask = toy_reco(v)
     small = {"flow": FlowConfig(transforms=2, hidden=[8]),
              "condition": ModelCard(name="c", condition={"embed": 4, "hidden": [4],
                                                          "context": 2}).condition}
@@ -287,7 +181,7 @@ def test_helicity_angles(kick: bool) -> None:
     assert torch.isfinite(x).all() and torch.isfinite(ladj).all()
     assert not torch.allclose(x, lab(v)[0], atol=1e-3)
     total = lorentz.from_ptetaphim(v)[..., 1:3].sum(-2)
-    assert _close(hel.inverse(x, transverse=None if kick else total), v)
+    assert close_ptetaphi(hel.inverse(x, transverse=None if kick else total), v)
     jacobian_check(hel, v)
     raw = x * hel.std + hel.mean
     n_nodes = len(hel.nodes)
@@ -321,5 +215,5 @@ def test_cinn_resonances_use_helicity_angles_for_nested_decays() -> None:
     assert isinstance(enc, ResonanceEncoding) and enc.helicity
     assert enc.hel_node == [True, True, True, True, False]
     dy = dilepton(300, 9, kick=False)
-    enc = CINN.from_data(dy, *_reco(dy), pdg=[13, -13], **small).parton_encoding
+    enc = CINN.from_data(dy, *toy_reco(dy), pdg=[13, -13], **small).parton_encoding
     assert isinstance(enc, ResonanceEncoding) and enc.hel_node == [False]

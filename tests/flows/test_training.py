@@ -8,18 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from unfoldmem.cards.model import FlowConfig, TrainingConfig
-from unfoldmem.flows.cinn import CouplingNSF
+from tests._support.training_toy import KillTraining, TinyFlow, gaussian_data
+from unfoldmem.cards.model import TrainingConfig
 from unfoldmem.flows.training import plot_loss, split_indices, train
-
-
-class _Flow(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.flow = CouplingNSF(2, 0, FlowConfig(transforms=2, hidden=[8], bins=4))
-
-    def nll(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return -self.flow().log_prob(batch["x"])
 
 
 class _Gauss(torch.nn.Module):
@@ -34,36 +25,26 @@ class _Gauss(torch.nn.Module):
         return -torch.distributions.Normal(self.mu, self.log_sigma.exp()).log_prob(batch["x"])
 
 
-def _data(n: int = 300, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"x": torch.randn(n, 2, generator=g) * torch.tensor([1.0, 0.5]) + 1.0,
-            "weight": torch.ones(n)}
-
-
-class _Kill(Exception):
-    pass
-
-
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 def test_kill_and_resume_is_exact(tmp_path: Path, schedule: str) -> None:
     """Killed after step 7 (last checkpoint at 5), resumed: identical weights and loss curve to
     an uninterrupted run. Reference: the uninterrupted run."""
     cfg = TrainingConfig(epochs=3, batch_size=64, checkpoint_every=5, schedule=schedule,
                          patience=0)
-    data = _data()
+    data = gaussian_data()
     torch.manual_seed(3)
-    ref = _Flow()
+    ref = TinyFlow()
     r_ref = train(ref, data, cfg, quiet=True)
 
     def kill(step: int, loss: float) -> None:
         if step == 7:
-            raise _Kill
+            raise KillTraining
 
     torch.manual_seed(3)
-    with pytest.raises(_Kill):
-        train(_Flow(), data, cfg, checkpoint=tmp_path / "ckpt.pt", callback=kill, quiet=True)
+    with pytest.raises(KillTraining):
+        train(TinyFlow(), data, cfg, checkpoint=tmp_path / "ckpt.pt", callback=kill, quiet=True)
     torch.manual_seed(99)  # a different init: everything must come from the checkpoint
-    resumed = _Flow()
+    resumed = TinyFlow()
     r_res = train(resumed, data, cfg, checkpoint=tmp_path / "ckpt.pt", resume=True, quiet=True)
     for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
@@ -77,8 +58,8 @@ def test_seeded_runs_identical() -> None:
     out = []
     for seed in (1, 1, 2):
         torch.manual_seed(0)
-        m = _Flow()
-        train(m, _data(), cfg.model_copy(update={"seed": seed}), quiet=True)
+        m = TinyFlow()
+        train(m, gaussian_data(), cfg.model_copy(update={"seed": seed}), quiet=True)
         out.append(torch.cat([p.flatten() for p in m.parameters()]))
     assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[2])
 
@@ -118,10 +99,10 @@ def test_early_stopping_and_best_state() -> None:
     """With lr far too high the validation loss stops improving: training stops after `patience`
     epochs and the best epoch's weights are restored."""
     torch.manual_seed(0)
-    m = _Flow()
+    m = TinyFlow()
     cfg = TrainingConfig(epochs=40, batch_size=32, lr=0.5, schedule="constant", patience=2,
                          max_grad_norm=None)
-    res = train(m, _data(), cfg, quiet=True)
+    res = train(m, gaussian_data(), cfg, quiet=True)
     assert res.stopped_early and res.epochs_run < 40
     assert res.epochs_run - 1 - res.best_epoch == 2
     assert res.best_val == min(res.history["val"])
@@ -133,7 +114,7 @@ def test_split_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert len(va) == 20 and sorted(torch.cat([tr, va]).tolist()) == list(range(100))
     assert torch.equal(split_indices(100, 0.2, 7)[1], va)
     torch.manual_seed(0)
-    res = train(_Flow(), _data(), TrainingConfig(epochs=2, batch_size=64), quiet=True,
+    res = train(TinyFlow(), gaussian_data(), TrainingConfig(epochs=2, batch_size=64), quiet=True,
                 device="cpu")
     assert capsys.readouterr().err == ""
     assert res.events_per_second > 0 and len(res.history["val"]) == 2
@@ -143,7 +124,7 @@ def test_split_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_nonpositive_weight_sum_refused() -> None:
     """A training set whose weights sum to ≤ 0 cannot define a likelihood: a clear error."""
-    data = _data(100)
+    data = gaussian_data(100)
     data["weight"] = -data["weight"]
     with pytest.raises(ValueError, match="mean training weight"):
-        train(_Flow(), data, TrainingConfig(epochs=1), quiet=True)
+        train(TinyFlow(), data, TrainingConfig(epochs=1), quiet=True)
