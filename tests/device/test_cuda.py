@@ -20,8 +20,8 @@ import torch
 import uproot
 
 from tests._support.dimuon_toy import MODEL_CARD, make_toy, trained_toy
+from tests._support.omnifold_toy import write_dimuon_omnifold_file
 from tests._support.training_toy import KillTraining, TinyFlow, gaussian_data
-from tests.cli.test_omnifold_cli import _sample
 from tests.conftest import REPO, write_random_sim_file
 from tests.unfold.cli_pipeline import cli
 from unfoldmem.cards.model import TrainingConfig
@@ -144,8 +144,8 @@ def test_cli_train_and_unfold_on_cuda(tmp_path: Path) -> None:
 def test_omnifold_on_cuda(tmp_path: Path) -> None:
     """`unfoldmem omnifold --device cuda` on the Drell–Yan-like toy: finite positive weights
     and the unfolded mean muon pt moves from the simulation's towards the data truth."""
-    _sample(tmp_path / "data.root", 1500, 45.0, 1, 0)
-    _sample(tmp_path / "sim.root", 3000, 40.0, 2, 100_000)
+    write_dimuon_omnifold_file(tmp_path / "data.root", 1500, 45.0, 1, 0)
+    write_dimuon_omnifold_file(tmp_path / "sim.root", 3000, 40.0, 2, 100_000)
     out = tmp_path / "out"
     cli("omnifold", tmp_path / "data.root", "--sim", tmp_path / "sim.root", "-k", "1", "-o", out,
         "--observables", "pt_lminus", "--features", "mlp", "--epochs", "10",
