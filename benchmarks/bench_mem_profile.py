@@ -1,11 +1,11 @@
 r"""Where the cost of one tt̄ MEM sample goes: µs/sample and share per component (cProfile).
 
 The shipped importance sampling (``MEMLikelihood.evaluate``, exact transfer function, physics
-channel with its six laws + plain detector channel, adapted uniforms) runs on the benchmark's
+channel with its eight laws + plain detector channel, adapted uniforms) runs on the benchmark's
 tt̄ events with a fixed number of samples per event (``--samples``, precision target 0 so no
 event stops early), single-threaded, under :mod:`cProfile`. Each component is the cumulative
 time of the functions that implement it; nested components are subtracted (the leptonic-top
-roots from the sampling map; the physics channel's six-law density is split by caller from
+roots from the sampling map; the physics channel's eight-law density is split by caller from
 the plain channel's, which shares its code), so the rows add up to the total. Times are the
 process's CPU time (``time.process_time``, the profiler's timer too), so other jobs on a shared
 machine inflate them far less than wall time; cProfile adds a few % (~11 k calls per run); the
@@ -35,7 +35,7 @@ _PARTS: dict[str, list[tuple[str, ...]]] = {
     "momenta, Jacobian, kernel": [("mem/integrand.py", "momenta")],
     "leptonic-top roots": [("mem/leptonic_blocks.py", "roots")],
     "sampling map (w/o roots)": [("mem/channels.py", "transform")],
-    "physics-channel density (6 laws)": [("mem/channels.py", "law_log_prob_joint",
+    "physics-channel density (8 laws)": [("mem/channels.py", "law_log_prob_joint",
                                           "importance_sample")],
     "plain-channel density": [("mem/channels.py", "log_prob_joint")],
     "uniform law (draw, fit)": [("mem/context.py", "draw"), ("mem/context.py", "add"),

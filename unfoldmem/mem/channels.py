@@ -164,14 +164,23 @@ class RecoChannel:
                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(n, B, n_partons, 3) samples and the (n, B) assignments they were drawn around."""
         pick = draw_assignments(n, ctx, generator)
-        law = self.draw_laws(n, ctx, generator)
+        law = self.draw_laws(n, ctx, generator, pick)
         u = torch.rand(n, len(ctx.events), ctx.integrand.n, 3, generator=generator,
                        dtype=torch.float64)
         return self.transform(u, ctx, pick, law), pick
 
-    def draw_laws(self, n: int, ctx: SamplingContext, generator: torch.Generator) -> Tensor | None:
-        """(n, B) laws drawn with :meth:`law_log_prob` (None: law 0 only)."""
-        if len(self.laws(ctx.integrand)) > 1 and "law_logp" in ctx.prep:
+    def draw_laws(self, n: int, ctx: SamplingContext, generator: torch.Generator,
+                  pick: Tensor | None = None) -> Tensor | None:
+        """(n, B) laws drawn with :meth:`law_log_prob`, or given the assignments ``pick``
+        (n, B) with :meth:`law_log_prob_pick` where ``prep["law_logp_pick"]`` is set (None:
+        law 0 only)."""
+        if len(self.laws(ctx.integrand)) < 2:
+            return None
+        if "law_logp_pick" in ctx.prep and pick is not None:
+            cdf = torch.cumsum(torch.exp(self.law_log_prob_pick(ctx, pick)), 0)  # (V, n, B)
+            u = torch.rand(n, len(ctx.events), generator=generator, dtype=torch.float64)
+            return (u * cdf[-1] >= cdf).sum(0).clamp(max=cdf.shape[0] - 1)
+        if "law_logp" in ctx.prep or "law_logp_pick" in ctx.prep:
             probs = torch.exp(self.law_log_prob(ctx))
             return torch.multinomial(probs, n, replacement=True, generator=generator).T
         return None
@@ -199,12 +208,19 @@ class RecoChannel:
         chains, nu, ltop = self.blocks(integ)
         had, lep_on = self._law_flags(integ, law, pick)
         for chain in chains:
-            # Hadronic level 2: W and top masses; 1: W mass only; 0: detector Gaussians.
+            # Hadronic level 2: W and top masses; 1: W mass only; 3: top mass only (a, b from
+            # detector Gaussians); 0: detector Gaussians.
             z_new = self._chain_transform(chain, z, c, finite_w, eps, uc)
             if chain.c is not None and bool((had == 1).any()):
                 z_w = self._chain_transform(replace(chain, c=None), z, c, finite_w, eps, uc)
                 z_new = torch.where((had == 1)[..., None, None], z_w, z_new)
-            z = torch.where((had == 0)[..., None, None], z, z_new)
+            gauss = had == 0
+            if chain.c is not None and bool((had == 3).any()):
+                z_t = replace(chain, w_free=True).transform(z, uc)
+                z_new = torch.where((had == 3)[..., None, None], z_t, z_new)
+            elif chain.c is None:
+                gauss = gauss | (had == 3)
+            z = torch.where(gauss[..., None, None], z, z_new)
         if ltop is not None:
             roots = ltop.roots(z, self._others_sum(z, integ, ltop.b))
             xs, gs, ok = roots
@@ -242,24 +258,51 @@ class RecoChannel:
         """The channel's laws (hadronic level, leptonic top block on); law 0 = all blocks on.
 
         Hadronic level 2: the chains' W and top masses fix p_T of b and c; 1: the W mass only
-        (c from its detector Gaussian); 0: no chain (a, b, c from their detector Gaussians).
+        (c from its detector Gaussian); 3: the top mass only (a, b from their detector
+        Gaussians, c from the top mass: a top on shell whose W is far off shell, as when a
+        jet from elsewhere takes a W daughter's place); 0: no chain (a, b, c from their
+        detector Gaussians).
         A parton lost from acceptance whose place an ISR jet takes leaves a top (or a W) far
         off shell, where the blocks put no samples; the laws with a block off cover it. One law
         when the process has no block (Drell–Yan, W)."""
         chains, _, ltop = self.blocks(integrand)
-        had = [2, 1, 0] if any(ch.c is not None for ch in chains) else [2, 0] if chains else [2]
+        had = [2, 1, 0, 3] if any(ch.c is not None for ch in chains) else [2, 0] if chains else [2]
         lep = [True, False] if ltop is not None else [True]
         return [(h, lp) for lp in lep for h in had]
 
     def law_log_prob(self, ctx: SamplingContext) -> Tensor:
-        """(B, V) log probability of each law: ``prep["law_logp"]`` (adapted by the sampler)
-        where present, else law 0 only."""
+        """(B, V) log probability of each law: the marginal Σ_σ π(σ) β_v(σ) of
+        ``prep["law_logp_pick"]`` where the sampler adapts the laws per assignment, else
+        ``prep["law_logp"]`` (adapted per event) where present, else law 0 only."""
         v = len(self.laws(ctx.integrand))
+        if "law_logp_pick" in ctx.prep:
+            return torch.logsumexp(ctx.prep["law_logp_pick"][..., :v]
+                                   + self._pick_logp(ctx)[..., None], 1)
         if "law_logp" in ctx.prep:
             return ctx.prep["law_logp"][:, :v]
         out = torch.full((len(ctx.events), v), -math.inf, dtype=torch.float64)
         out[:, 0] = 0.0
         return out
+
+    def law_log_prob_pick(self, ctx: SamplingContext, pick: Tensor) -> Tensor:
+        """(V, S, B) log probability β_v(σ) of each law given the assignments ``pick`` (S, B):
+        ``prep["law_logp_pick"]`` (B, P, V) where the sampler adapts the laws per assignment,
+        else :meth:`law_log_prob` for every assignment."""
+        v = len(self.laws(ctx.integrand))
+        s, b = pick.shape
+        if "law_logp_pick" in ctx.prep:
+            t = ctx.prep["law_logp_pick"][..., :v]
+            g = torch.gather(t[None].expand(s, *t.shape), 2,
+                             pick[..., None, None].expand(s, b, 1, v))[:, :, 0]
+            return g.permute(2, 0, 1)
+        return self.law_log_prob(ctx).T[:, None].expand(v, s, b)
+
+    def _law_table(self, ctx: SamplingContext) -> Tensor:
+        """(V, B, P) log β_v(σ) for every assignment σ."""
+        if "law_logp_pick" in ctx.prep:
+            v = len(self.laws(ctx.integrand))
+            return ctx.prep["law_logp_pick"][..., :v].permute(2, 0, 1)
+        return self.law_log_prob(ctx).T[..., None]
 
     def _law_flags(self, integ: MEMIntegrand, law: Tensor | None,
                    like: Tensor) -> tuple[Tensor, Tensor]:
@@ -274,14 +317,17 @@ class RecoChannel:
         """(S, B) log density of the channel at z (S, B, n, 3), summed over assignments and
         laws."""
         centre, width, _ = self._centres(ctx)
-        lp, rest = self._log_terms(z, ctx, centre[None], width[None])  # (V, S, B, P), (V, S, B)
-        lv = torch.logsumexp(lp + self._pick_logp(ctx)[None, None], -1) + rest
-        return self._sum_laws(lv, ctx)
+        used = torch.isfinite(self.law_log_prob(ctx)).any(0)
+        lp, rest = self._log_terms(z, ctx, centre[None], width[None], used)  # (V', S, B, P)
+        lpl = self._pick_logp(ctx)[None] + self._law_table(ctx)[used]  # (V', B, P)
+        return self._sum_laws(torch.logsumexp(lp + lpl[:, None], -1) + rest)
 
     def log_prob_assignment(self, z: Tensor, ctx: SamplingContext, pick: Tensor) -> Tensor:
         """(S, B) log density of z given the assignment ``pick`` (S, B): only the picked
         assignment's Gaussians are evaluated."""
-        return self._sum_laws(self._law_terms(z, ctx, pick), ctx)
+        lb = self.law_log_prob_pick(ctx, pick)
+        used = torch.isfinite(lb).flatten(1).any(1)
+        return self._sum_laws(self._law_terms(z, ctx, pick, used) + lb[used])
 
     def log_prob_joint(self, z: Tensor, pick: Tensor, ctx: SamplingContext) -> Tensor:
         """(S, B) log density of (z, pick): log π(pick) + log q(z | pick)."""
@@ -292,9 +338,9 @@ class RecoChannel:
         + log q_v(z | pick); −inf for laws of probability 0."""
         lpi = torch.gather(self._pick_logp(ctx)[None].expand(len(pick), -1, -1), -1,
                            pick[..., None])[..., 0]
-        lb = self.law_log_prob(ctx).T[:, None]  # (V, 1, B)
+        lb = self.law_log_prob_pick(ctx, pick)  # (V, S, B)
         out = torch.full((lb.shape[0], *z.shape[:2]), -math.inf, dtype=z.dtype)
-        used = torch.isfinite(lb).any(-1)[:, 0]
+        used = torch.isfinite(lb).flatten(1).any(1)
         out[used] = self._law_terms(z, ctx, pick, used) + lb[used] + lpi
         return torch.where(torch.isnan(out), -math.inf, out)
 
@@ -307,11 +353,10 @@ class RecoChannel:
         lp, rest = self._log_terms(z, ctx, c, w, used)
         return lp[..., 0] + rest
 
-    def _sum_laws(self, lv: Tensor, ctx: SamplingContext, used: Tensor | None = None) -> Tensor:
-        """logsumexp over laws of log β_v + lv (V', S, B) → (S, B), NaN → −inf."""
-        lb = self.law_log_prob(ctx).T[:, None]
-        used = torch.isfinite(lb).any(-1)[:, 0] if used is None else used
-        out = torch.logsumexp(torch.where(torch.isnan(lv), -math.inf, lv) + lb[used], 0)
+    @staticmethod
+    def _sum_laws(lv: Tensor) -> Tensor:
+        """logsumexp over laws of lv (V', S, B) (log β included) → (S, B), NaN → −inf."""
+        out = torch.logsumexp(torch.where(torch.isnan(lv), -math.inf, lv), 0)
         return torch.where(torch.isnan(out), -math.inf, out)
 
     def _log_terms(self, z: Tensor, ctx: SamplingContext, centre: Tensor, width: Tensor,

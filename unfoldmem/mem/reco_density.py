@@ -1,7 +1,7 @@
 r"""Log density of the detector channel's laws: detector Gaussians, resonance blocks, recoil kernel.
 
 :func:`law_log_terms` is the density half of :class:`~unfoldmem.mem.channels.RecoChannel`:
-for each law (hadronic chains at level 2, 1 or 0, leptonic top block on or off) it returns the
+for each law (hadronic chains at level 2, 1, 3 or 0, leptonic top block on or off) it returns the
 log density of z under :meth:`~unfoldmem.mem.channels.RecoChannel.transform`, split into the
 per-assignment part and the part shared by every assignment. Every term is the exact Jacobian of
 the channel's map (log-p_T laws carry 1/p_T per unit p_T).
@@ -120,10 +120,18 @@ def law_log_terms(channel: RecoChannel, z: Tensor, ctx: SamplingContext, centre:
     for had in {h for (h, _), u in zip(laws, used.tolist(), strict=True) if u}:
         lp_h, lq_h = base, lq
         for chain in chains:
-            if had == 0:
+            if had == 0 or (had == 3 and chain.c is None):
                 for k in (chain.a, chain.b, chain.c):
                     if k is not None:
                         lp_h = lp_h + l_pt[..., k]
+                continue
+            if had == 3:
+                # Top mass only: c from it where s_ab lies below the top window, else c's TF.
+                top = replace(chain, w_free=True)
+                ok = top.top_reachable(z)[..., None]
+                lp_h = (lp_h + l_pt[..., chain.a] + l_pt[..., chain.b]
+                        + torch.where(ok, 0.0, l_pt[..., chain.c]))
+                lq_h = lq_h + top.log_prob(z)
                 continue
             ch = chain if had == 2 or chain.c is None else replace(chain, c=None)
             mean, sd = chain_law(ch, z, centre, ww)

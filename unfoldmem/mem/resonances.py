@@ -48,7 +48,11 @@ __all__ = ["P_PLUS_FLOOR", "HadronicChain", "LeptonicTop", "NeutrinoBlock", "bw_
 
 @dataclass
 class HadronicChain:
-    """Partons a (p_T from the TF), b (from the W mass), c (from the top mass, or None)."""
+    """Partons a (p_T from the TF), b (from the W mass), c (from the top mass, or None).
+
+    ``w_free``: the top mass only — b keeps its TF p_T (the W may be far off shell) and c
+    comes from the top mass given s_ab, where the top window lies above s_ab (elsewhere c
+    keeps its TF p_T: :meth:`top_reachable`)."""
 
     a: int
     b: int
@@ -58,6 +62,7 @@ class HadronicChain:
     m_t: float = 0.0
     g_t: float = 0.0
     cut: float = 15.0
+    w_free: bool = False
 
     def _ranges(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         hi_w = (self.m_w + W_WINDOW * self.g_w) ** 2
@@ -105,8 +110,35 @@ class HadronicChain:
         return torch.where(torch.isfinite(mean), mean, ca), torch.where(
             torch.isfinite(prec), prec**-0.5, wa)
 
+    def top_reachable(self, z: Tensor) -> Tensor:
+        """(S, B) whether s_ab of z lies below the top window's upper end (``w_free``)."""
+        pt, eta, phi = z.unbind(-1)
+        a, b = self.a, self.b
+        s1 = 2 * pt[..., a] * pt[..., b] * pair_g(eta[..., a], phi[..., a], eta[..., b], phi[..., b])
+        return s1 < 0.999 * (self.m_t + self.cut * self.g_t) ** 2
+
+    def _top_only(self, z: Tensor, u: Tensor) -> Tensor:
+        """``w_free`` transform: p_T of c from the top mass given the TF p_T of a and b."""
+        pt, eta, phi = z.unbind(-1)
+        a, b, c = self.a, self.b, self.c
+        assert c is not None
+        _, _, top_lo = self._ranges(pt[..., a])
+        s1 = 2 * pt[..., a] * pt[..., b] * pair_g(eta[..., a], phi[..., a], eta[..., b], phi[..., b])
+        ok = self.top_reachable(z)
+        den = 2 * (pt[..., a] * pair_g(eta[..., a], phi[..., a], eta[..., c], phi[..., c])
+                   + pt[..., b] * pair_g(eta[..., b], phi[..., b], eta[..., c], phi[..., c]))
+        lo2 = torch.where(ok, torch.maximum(s1, top_lo), top_lo)
+        hi2 = torch.full_like(s1, (self.m_t + self.cut * self.g_t) ** 2)
+        s2 = bw_sample(u[..., c, 0], self.m_t, self.g_t, lo2, hi2)
+        z = z.clone()
+        z[..., c, 0] = torch.where(ok, (s2 - s1) / den, pt[..., c])
+        return z
+
     def transform(self, z: Tensor, u: Tensor) -> Tensor:
-        """Overwrite p_T of b (and c) in z (S, B, n, 3) from u[..., b, 0] (and u[..., c, 0])."""
+        """Overwrite p_T of b (and c) in z (S, B, n, 3) from u[..., b, 0] (and u[..., c, 0]);
+        ``w_free``: of c only."""
+        if self.w_free:
+            return self._top_only(z, u)
         pt, eta, phi = z.unbind(-1)
         a, b = self.a, self.b
         lo1, hi1, top_lo = self._ranges(pt[..., a])
@@ -126,20 +158,28 @@ class HadronicChain:
         return z
 
     def log_prob(self, z: Tensor) -> Tensor:
-        """(S, B) log density of the p_T of b (and c) given the rest of z, per unit p_T."""
+        """(S, B) log density of the p_T of b (and c) given the rest of z, per unit p_T
+        (``w_free``: of c where :meth:`top_reachable`, else 0: c's TF law is the caller's)."""
         pt, eta, phi = z.unbind(-1)
         a, b = self.a, self.b
         lo1, hi1, top_lo = self._ranges(pt[..., a])
         s1 = 2 * pt[..., a] * pt[..., b] * pair_g(eta[..., a], phi[..., a], eta[..., b], phi[..., b])
-        out = bw_log_density(s1, self.m_w, self.g_w, lo1, hi1) + torch.log(s1 / pt[..., b])
+        if self.w_free:
+            ok = self.top_reachable(z)
+            top_lo = torch.where(ok, torch.maximum(s1, top_lo), top_lo)
+            out = torch.zeros_like(s1)
+        else:
+            ok = None
+            top_lo = torch.maximum(s1, top_lo)
+            out = bw_log_density(s1, self.m_w, self.g_w, lo1, hi1) + torch.log(s1 / pt[..., b])
         if self.c is not None:
             c = self.c
             den = 2 * (pt[..., a] * pair_g(eta[..., a], phi[..., a], eta[..., c], phi[..., c])
                        + pt[..., b] * pair_g(eta[..., b], phi[..., b], eta[..., c], phi[..., c]))
             s2 = s1 + pt[..., c] * den
             hi2 = torch.full_like(s1, (self.m_t + self.cut * self.g_t) ** 2)
-            out = out + bw_log_density(s2, self.m_t, self.g_t, torch.maximum(s1, top_lo), hi2) \
-                + torch.log(den)
+            top = bw_log_density(s2, self.m_t, self.g_t, top_lo, hi2) + torch.log(den)
+            out = out + (top if ok is None else torch.where(ok, top, 0.0))
         return torch.where(torch.isnan(out), -math.inf, out)
 
 

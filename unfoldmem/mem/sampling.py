@@ -48,6 +48,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from unfoldmem.mem.adaptation import (
+    CELL_FLOOR,
+    LAW_FLOOR,
+    LAW_START,
+    PICK_FLOOR,
+    adapted_cells,
+    adapted_laws,
+    adapted_pick,
+    start_laws,
+)
 from unfoldmem.mem.channels import Channel, CINNChannel, RecoChannel, SamplingContext
 from unfoldmem.mem.context import UniformLaw, draw_assignments
 from unfoldmem.mem.integrand import (
@@ -59,19 +69,12 @@ from unfoldmem.mem.integrand import (
 from unfoldmem.pareto import K_RELIABLE, pareto_k, tail_size
 from unfoldmem.weights import WeightDiagnosticsConfig, WeightError, WeightWarning
 
-__all__ = ["CINNChannel", "Channel", "ISResult", "RecoChannel", "SamplingContext", "diagnose",
-           "importance_sample"]
+__all__ = ["CELL_FLOOR", "CINNChannel", "LAW_FLOOR", "LAW_START", "PICK_FLOOR", "Channel",
+           "ISResult", "RecoChannel", "SamplingContext", "diagnose", "importance_sample"]
 
 log = logging.getLogger(__name__)
 
 _TWO_PI = 2 * math.pi
-#: Share of the assignment draws spread uniformly over the valid assignments once the
-#: probabilities adapt (the rest follows the estimated shares of the integral).
-PICK_FLOOR = 0.05
-#: First probabilities of a channel's laws (:meth:`RecoChannel.laws`: law 0 with every
-#: resonance block on, the rest share LAW_START[1]) and the share kept uniform once they adapt.
-LAW_START = (0.6, 0.4)
-LAW_FLOOR = 0.1
 
 
 @dataclass
@@ -107,7 +110,7 @@ class _Acc:
     """Running sums Σw, Σw², max w per channel in a per-(event, θ) log scale."""
 
     def __init__(self, c: int, b: int, k: int, p: int | None, v: int | None = None,
-                 n_top: int = 0) -> None:
+                 n_top: int = 0, cells: bool = False) -> None:
         z = torch.zeros(c, b, k, dtype=torch.float64)
         # the largest log weights per (event, θ), for the Pareto-tail fit
         self.top = torch.full((b, k, n_top), -math.inf, dtype=torch.float64)
@@ -117,11 +120,14 @@ class _Acc:
         self.nonfinite = torch.zeros(b, dtype=torch.float64)
         self.perm = None if p is None else torch.zeros(c, b, k, p, dtype=torch.float64)
         self.law = None if v is None else torch.zeros(c, b, k, v, dtype=torch.float64)
+        self.cell = (None if p is None or v is None or not cells
+                     else torch.zeros(c, b, k, p, v, dtype=torch.float64))
 
     def add(self, c: int, rows: Tensor, logw: Tensor, soft: Tensor | None,
-            soft_law: Tensor | None = None) -> None:
+            soft_law: Tensor | None = None, pick: Tensor | None = None) -> None:
         """logw (S, b, K) for events ``rows`` from channel c; soft (S, b, P) assignment shares,
-        soft_law (S, b, V) the laws' shares of the law channel's density."""
+        soft_law (S, b, V) the laws' shares of the law channel's density, pick (S, b) the
+        samples' assignments (for the per-(assignment, law) shares)."""
         bad = torch.isnan(logw)
         self.nonfinite[rows] += bad.any(-1).sum(0).double()
         logw = torch.where(bad, -math.inf, logw)
@@ -139,6 +145,8 @@ class _Acc:
             self.perm[:, rows] *= fac[..., None]
         if self.law is not None:
             self.law[:, rows] *= fac[..., None]
+        if self.cell is not None:
+            self.cell[:, rows] *= fac[..., None, None]
         w = torch.exp(logw - new_safe)
         self.s1[c, rows] += w.sum(0)
         self.s2[c, rows] += (w * w).sum(0)
@@ -147,6 +155,13 @@ class _Acc:
             self.perm[c, rows] += torch.einsum("sbk,sbp->bkp", w, soft)
         if self.law is not None and soft_law is not None:
             self.law[c, rows] += torch.einsum("sbk,sbv->bkv", w, soft_law)
+        if self.cell is not None and soft_law is not None and pick is not None:
+            nb, p = len(rows), self.cell.shape[3]
+            flat = (torch.arange(nb) * p + pick).reshape(-1)
+            src = (w[..., None] * soft_law[:, :, None]).reshape(len(flat), *w.shape[2:], -1)
+            cell = self.cell[c, rows].transpose(1, 2).reshape(nb * p, *src.shape[1:])
+            cell.index_add_(0, flat, src)
+            self.cell[c, rows] = cell.view(nb, p, *src.shape[1:]).transpose(1, 2)
         self.n[c, rows] += logw.shape[0]
         self.shift[rows] = new
 
@@ -167,6 +182,8 @@ class _Acc:
             out["perm"] = (coef[..., None] * self.perm).sum(0)
         if self.law is not None:
             out["law"] = (coef[..., None] * self.law).sum(0)
+        if self.cell is not None:
+            out["cell"] = (coef[..., None, None] * self.cell).sum(0)
         return out
 
     def pareto_k(self, rows: Tensor | None = None) -> Tensor:
@@ -174,33 +191,6 @@ class _Acc:
         top = self.top if rows is None else self.top[rows]
         n = self.n.sum(0) if rows is None else self.n.sum(0)[rows]
         return pareto_k(top, n[:, None].expand(top.shape[:2]))
-
-
-def _adapted_pick(perm: Tensor, valid: Tensor) -> Tensor:
-    """(B, P) log pick probabilities from per-assignment estimates perm (B, K, P)."""
-    est = perm.sum(1)
-    share = est / est.sum(-1, keepdim=True).clamp(min=1e-300)
-    n_valid = valid.sum(-1, keepdim=True).clamp(min=1).double()
-    prob = torch.where(valid, (1 - PICK_FLOOR) * share + PICK_FLOOR / n_valid, 0.0)
-    prob = torch.where(est.sum(-1, keepdim=True) > 0, prob, valid.double() / n_valid)
-    return torch.log(prob)
-
-
-def _adapted_laws(law: Tensor, old: Tensor) -> Tensor:
-    """(B, V) log law probabilities from the laws' estimated shares law (B, K, V): (1 −
-    LAW_FLOOR) × share + LAW_FLOOR × uniform; events without an estimate keep ``old``."""
-    est = law.sum(1)
-    tot = est.sum(-1, keepdim=True)
-    share = est / tot.clamp(min=1e-300)
-    prob = (1 - LAW_FLOOR) * share + LAW_FLOOR / est.shape[-1]
-    return torch.where(tot > 0, torch.log(prob), old)
-
-
-def _start_laws(b: int, v: int) -> Tensor:
-    """(B, V) log of the first law probabilities (LAW_START)."""
-    prob = torch.full((b, v), LAW_START[1] / max(v - 1, 1), dtype=torch.float64)
-    prob[:, 0] = LAW_START[0]
-    return torch.log(prob)
 
 
 def _allocate(n: int, alphas: Tensor) -> list[int]:
@@ -225,6 +215,7 @@ def importance_sample(
     adapt_assignments: bool = True,
     adapt_laws: bool = True,
     adapt_proposal: bool = True,
+    laws_per_assignment: bool = True,
 ) -> ISResult:
     r"""Estimate :math:`\log\int F(z;\theta_k)dz` for every event and θ point.
 
@@ -247,6 +238,13 @@ def importance_sample(
             the first round, then (1 − LAW_FLOOR) × each law's estimated share of the
             integral + LAW_FLOOR × uniform (fixed within a round, so every round stays
             unbiased). False: law 0 only (every block on).
+        laws_per_assignment: with both adaptations on and several assignments, adapt the
+            (assignment, law) pairs jointly instead: probability (1 − CELL_FLOOR) × the pair's
+            estimated share + CELL_FLOOR × uniform over the valid pairs, the law then drawn
+            given the assignment (``prep["law_logp_pick"]``). An assignment whose weight sits
+            in one law only (e.g. a hadronic W off shell with its top on shell: the top-mass
+            law) then gets that law, and every pair keeps a floor, so a region the first
+            rounds missed still gets samples.
         adapt_proposal: draw the uniforms of the first physics detector channel from a
             per-event :class:`~unfoldmem.mem.context.UniformLaw` refitted after each round
             to the weighted samples so far (a defensive share stays uniform); its samples'
@@ -269,10 +267,13 @@ def importance_sample(
     n_laws = [len(ch.laws(integrand)) if hasattr(ch, "laws") else 1 for ch in channels]
     v = max(n_laws)
     if adapt_laws and v > 1:
-        prep["law_logp"] = _start_laws(b, v)
+        prep["law_logp"] = start_laws(b, v)
     law_chs = {i for i, nv in enumerate(n_laws) if nv == v and adapt_laws and v > 1}
+    cells = bool(law_chs) and laws_per_assignment and adapt_assignments and p > 1
+    if cells:
+        prep["law_logp_pick"] = prep["law_logp"][:, None].expand(b, p, v).clone()
     acc = _Acc(len(channels), b, k, p if track else None, v if law_chs else None,
-               n_top=tail_size(n_max) + 1)
+               n_top=tail_size(n_max) + 1, cells=cells)
     u_ch = next((i for i, ch in enumerate(channels) if getattr(ch, "physics", False)), None)
     ulaw = None
     if adapt_proposal and u_ch is not None:
@@ -296,7 +297,7 @@ def importance_sample(
                 if ulaw is not None and c == u_ch:
                     ch = channels[c]
                     pick = draw_assignments(m, ctx, generator)
-                    law = ch.draw_laws(m, ctx, generator)
+                    law = ch.draw_laws(m, ctx, generator, pick)
                     u, lh = ulaw.draw(m, rows, law, generator)
                     z = ch.transform(u.view(m, len(rows), integrand.n, 3), ctx, pick, law)
                 else:
@@ -327,7 +328,7 @@ def importance_sample(
                 soft = None
                 if track:
                     soft = torch.nn.functional.one_hot(pick, p).double()
-                acc.add(c, rows, logw, soft, soft_law)
+                acc.add(c, rows, logw, soft, soft_law, pick)
                 done += m
         total += n_round
         res = acc.result(alphas_t)
@@ -342,10 +343,13 @@ def importance_sample(
         zero = (t1 <= 0).all(-1) & (total >= 4 * n_start)
         flag[rows[zero]] = FLAG_ZERO_INTEGRAL
         active[rows[reached | zero]] = False
-        if adapt_assignments and p > 1:
-            prep["pick_logp"] = _adapted_pick(res["perm"], prep["valid"])
+        if cells:
+            prep["pick_logp"], prep["law_logp_pick"] = adapted_cells(
+                res["cell"], prep["valid"], prep.get("pick_logp"), prep["law_logp_pick"])
+        elif adapt_assignments and p > 1:
+            prep["pick_logp"] = adapted_pick(res["perm"], prep["valid"])
         if law_chs:
-            prep["law_logp"] = _adapted_laws(res["law"], prep["law_logp"])
+            prep["law_logp"] = adapted_laws(res["law"], prep["law_logp"])
         if ulaw is not None:
             ulaw.refit()
         # Next round: what the slowest active event needs by 1/√n scaling (10 % margin), at
