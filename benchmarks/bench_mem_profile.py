@@ -42,7 +42,7 @@ _PARTS: dict[str, list[tuple[str, ...]]] = {
                                 ("mem/context.py", "refit")],
     "draws (assignment, law)": [("mem/context.py", "draw_assignments"),
                                 ("mem/channels.py", "draw_laws")],
-    "accumulators": [("mem/sampling.py", "add"), ("mem/sampling.py", "result")],
+    "accumulators": [("mem/weight_sums.py", "add"), ("mem/weight_sums.py", "result")],
 }
 
 

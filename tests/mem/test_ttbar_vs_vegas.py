@@ -168,8 +168,10 @@ def test_ttbar_is_agrees_with_vegas_30() -> None:
     and width within 3/√(2(N−1)) + 0.1 of 1, over the events whose IS error is reliable
     (Pareto k̂ ≤ 0.7; at most 3 of 30 are not: they are reported, not compared) (≈ 10 min on
     one core, mostly VEGAS on the two unreliable events). Measured 2026-11-27 (session 6):
-    mean −0.34, width 1.32 over 28 events; largest pulls −3.6 (event 9), 2.5, 2.3; k̂ 2.7 on
-    event 25 (log P ≈ −300) and 0.73 on event 5. Before the top-mass-only law, the joint
+    mean −0.34, width 1.32 over 28 events; largest pulls −3.6 (event 9: a starved W-daughter
+    swap partner), 2.5, 2.3; k̂ 2.7 on event 25 (log P ≈ −300) and 0.73 on event 5; with the
+    swap partners pooled (adaptation.pooled_with_partners): mean −0.01, width 1.10 over 29
+    events, event 9 −0.8. Before the top-mass-only law, the joint
     (assignment, law) adaptation and VEGAS's frozen grid it failed: −5.5 on event 4 (IS missed
     30 % of the integral), 3.4 on event 27 (VEGAS 0.17 low with a too small error)."""
     pulls, k = _pulls(30, seed=5, precision=0.05)

@@ -27,6 +27,8 @@ are drawn from a per-event law fitted to the weighted samples so far
 (:class:`~unfoldmem.mem.context.UniformLaw`, population Monte Carlo with a defensive uniform
 share). Each round's proposal is fixed before its draws, so every round and their pool are
 unbiased.
+The weights' running sums, the estimate and its error are
+:class:`~unfoldmem.mem.weight_sums.WeightSums`.
 
 References:
     | E. Veach, L. Guibas, "Optimally combining sampling techniques for Monte Carlo
@@ -57,6 +59,7 @@ from unfoldmem.mem.adaptation import (
     adapted_laws,
     adapted_pick,
     start_laws,
+    swap_partners,
 )
 from unfoldmem.mem.channels import Channel, CINNChannel, RecoChannel, SamplingContext
 from unfoldmem.mem.context import UniformLaw, draw_assignments
@@ -66,7 +69,8 @@ from unfoldmem.mem.integrand import (
     MEMIntegrand,
     RecoEvents,
 )
-from unfoldmem.pareto import K_RELIABLE, pareto_k, tail_size
+from unfoldmem.mem.weight_sums import WeightSums
+from unfoldmem.pareto import K_RELIABLE, tail_size
 from unfoldmem.weights import WeightDiagnosticsConfig, WeightError, WeightWarning
 
 __all__ = ["CELL_FLOOR", "CINNChannel", "LAW_FLOOR", "LAW_START", "PICK_FLOOR", "Channel",
@@ -106,96 +110,20 @@ class ISResult:
     pareto_k: Tensor | None = None
 
 
-class _Acc:
-    """Running sums Σw, Σw², max w per channel in a per-(event, θ) log scale."""
-
-    def __init__(self, c: int, b: int, k: int, p: int | None, v: int | None = None,
-                 n_top: int = 0, cells: bool = False) -> None:
-        z = torch.zeros(c, b, k, dtype=torch.float64)
-        # the largest log weights per (event, θ), for the Pareto-tail fit
-        self.top = torch.full((b, k, n_top), -math.inf, dtype=torch.float64)
-        self.shift = torch.full((b, k), -math.inf, dtype=torch.float64)
-        self.s1, self.s2, self.wmax = z.clone(), z.clone(), z.clone()
-        self.n = torch.zeros(c, b, dtype=torch.float64)
-        self.nonfinite = torch.zeros(b, dtype=torch.float64)
-        self.perm = None if p is None else torch.zeros(c, b, k, p, dtype=torch.float64)
-        self.law = None if v is None else torch.zeros(c, b, k, v, dtype=torch.float64)
-        self.cell = (None if p is None or v is None or not cells
-                     else torch.zeros(c, b, k, p, v, dtype=torch.float64))
-
-    def add(self, c: int, rows: Tensor, logw: Tensor, soft: Tensor | None,
-            soft_law: Tensor | None = None, pick: Tensor | None = None) -> None:
-        """logw (S, b, K) for events ``rows`` from channel c; soft (S, b, P) assignment shares,
-        soft_law (S, b, V) the laws' shares of the law channel's density, pick (S, b) the
-        samples' assignments (for the per-(assignment, law) shares)."""
-        bad = torch.isnan(logw)
-        self.nonfinite[rows] += bad.any(-1).sum(0).double()
-        logw = torch.where(bad, -math.inf, logw)
-        if self.top.shape[-1]:
-            both = torch.cat([self.top[rows], logw.permute(1, 2, 0)], -1)
-            self.top[rows] = torch.topk(both, self.top.shape[-1], -1).values
-        old = self.shift[rows]
-        new = torch.maximum(old, logw.amax(0))
-        new_safe = torch.where(torch.isinf(new), 0.0, new)
-        fac = torch.where(torch.isinf(old), 0.0, torch.exp(old - new_safe))
-        self.s1[:, rows] *= fac
-        self.s2[:, rows] *= fac**2
-        self.wmax[:, rows] *= fac
-        if self.perm is not None:
-            self.perm[:, rows] *= fac[..., None]
-        if self.law is not None:
-            self.law[:, rows] *= fac[..., None]
-        if self.cell is not None:
-            self.cell[:, rows] *= fac[..., None, None]
-        w = torch.exp(logw - new_safe)
-        self.s1[c, rows] += w.sum(0)
-        self.s2[c, rows] += (w * w).sum(0)
-        self.wmax[c, rows] = torch.maximum(self.wmax[c, rows], w.amax(0))
-        if self.perm is not None and soft is not None:
-            self.perm[c, rows] += torch.einsum("sbk,sbp->bkp", w, soft)
-        if self.law is not None and soft_law is not None:
-            self.law[c, rows] += torch.einsum("sbk,sbv->bkv", w, soft_law)
-        if self.cell is not None and soft_law is not None and pick is not None:
-            nb, p = len(rows), self.cell.shape[3]
-            flat = (torch.arange(nb) * p + pick).reshape(-1)
-            src = (w[..., None] * soft_law[:, :, None]).reshape(len(flat), *w.shape[2:], -1)
-            cell = self.cell[c, rows].transpose(1, 2).reshape(nb * p, *src.shape[1:])
-            cell.index_add_(0, flat, src)
-            self.cell[c, rows] = cell.view(nb, p, *src.shape[1:]).transpose(1, 2)
-        self.n[c, rows] += logw.shape[0]
-        self.shift[rows] = new
-
-    def result(self, alphas: Tensor) -> dict[str, Tensor]:
-        n = self.n.clamp(min=1)[..., None]  # (C, B, 1)
-        a = alphas[:, None, None]
-        coef = a / n
-        t1 = (coef * self.s1).sum(0)
-        t2 = (coef**2 * self.s2).sum(0)
-        mean_c = self.s1 / n
-        var_c = (self.s2 / n - mean_c**2).clamp(min=0) * n / (n - 1).clamp(min=1)
-        var = (a**2 / n * var_c).sum(0)
-        vmax = (coef * self.wmax).amax(0)
-        out = {"t1": t1, "var": var, "ess": torch.where(t2 > 0, t1**2 / t2, 0.0),
-               "max_share": torch.where(t1 > 0, vmax / t1, 1.0), "shift": self.shift,
-               "share": (coef * self.s1).sum(-1) / (coef * self.s1).sum((0, 2)).clamp(min=1e-300)}
-        if self.perm is not None:
-            out["perm"] = (coef[..., None] * self.perm).sum(0)
-        if self.law is not None:
-            out["law"] = (coef[..., None] * self.law).sum(0)
-        if self.cell is not None:
-            out["cell"] = (coef[..., None, None] * self.cell).sum(0)
-        return out
-
-    def pareto_k(self, rows: Tensor | None = None) -> Tensor:
-        """(b, K) Pareto-tail shape of each event's weights so far (all events by default)."""
-        top = self.top if rows is None else self.top[rows]
-        n = self.n.sum(0) if rows is None else self.n.sum(0)[rows]
-        return pareto_k(top, n[:, None].expand(top.shape[:2]))
-
-
 def _allocate(n: int, alphas: Tensor) -> list[int]:
     counts = [max(2, round(float(a) * n)) if a > 0 else 0 for a in alphas]
     return counts
+
+
+def _w_swap_partners(channels: Sequence[Channel], integrand: MEMIntegrand,
+                     prep: Mapping[str, Tensor]) -> list[Tensor]:
+    """The assignments' W-daughter-swap partners (:func:`~unfoldmem.mem.adaptation.
+    swap_partners`) for the hadronic chains of the first physics channel ([] without one)."""
+    for ch in channels:
+        if getattr(ch, "physics", False) and "index" in prep:
+            chains = ch.blocks(integrand)[0]
+            return swap_partners(prep["index"], prep["valid"], [(c.a, c.b) for c in chains])
+    return []
 
 
 def importance_sample(
@@ -233,6 +161,8 @@ def importance_sample(
             ``prep["pick_logp"]``) with probability (1 − PICK_FLOOR) × their estimated share
             of the integral + PICK_FLOOR × uniform (multi-channel adaptation, Kleiss &
             Pittau 1994); every round stays an unbiased estimate, so pooling them is unbiased.
+            Assignments that differ by swapping a hadronic W's daughters share PARTNER_SHARE
+            of their probabilities (:func:`~unfoldmem.mem.adaptation.pooled_with_partners`).
         adapt_laws: channels with several laws (:meth:`RecoChannel.laws`, resonance blocks on
             or off) draw them per event with probabilities ``prep["law_logp"]``: LAW_START in
             the first round, then (1 − LAW_FLOOR) × each law's estimated share of the
@@ -272,7 +202,8 @@ def importance_sample(
     cells = bool(law_chs) and laws_per_assignment and adapt_assignments and p > 1
     if cells:
         prep["law_logp_pick"] = prep["law_logp"][:, None].expand(b, p, v).clone()
-    acc = _Acc(len(channels), b, k, p if track else None, v if law_chs else None,
+    partners = _w_swap_partners(channels, integrand, prep) if p > 1 else []
+    acc = WeightSums(len(channels), b, k, p if track else None, v if law_chs else None,
                n_top=tail_size(n_max) + 1, cells=cells)
     u_ch = next((i for i, ch in enumerate(channels) if getattr(ch, "physics", False)), None)
     ulaw = None
@@ -345,9 +276,10 @@ def importance_sample(
         active[rows[reached | zero]] = False
         if cells:
             prep["pick_logp"], prep["law_logp_pick"] = adapted_cells(
-                res["cell"], prep["valid"], prep.get("pick_logp"), prep["law_logp_pick"])
+                res["cell"], prep["valid"], prep.get("pick_logp"), prep["law_logp_pick"],
+                partners)
         elif adapt_assignments and p > 1:
-            prep["pick_logp"] = adapted_pick(res["perm"], prep["valid"])
+            prep["pick_logp"] = adapted_pick(res["perm"], prep["valid"], partners)
         if law_chs:
             prep["law_logp"] = adapted_laws(res["law"], prep["law_logp"])
         if ulaw is not None:
