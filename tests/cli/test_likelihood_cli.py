@@ -11,8 +11,8 @@ import pytest
 import torch
 import uproot
 
+from tests._support.mem_events import dy_setup
 from tests.conftest import REPO
-from tests.mem.test_integrand import dy_setup
 from unfoldmem.inference.likelihood_file import read_likelihoods
 from unfoldmem.io import write_events
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tests.mem.test_integrand import dy_setup, make_dy_events
+from tests._support.mem_events import dy_setup, make_dy_events
 from unfoldmem.mem.integrand import ExactTransfer
 from unfoldmem.mem.likelihood import MEMLikelihood
 

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.mem.test_integrand import dy_setup, make_dy_events
+from tests._support.mem_events import dy_setup, make_dy_events
 from unfoldmem.inference.fit import FitResult, fit, grid_objective, per_event_grid_function
 from unfoldmem.inference.likelihood_file import PerEventLikelihoods
 from unfoldmem.mem.integrand import ExactTransfer, RecoEvents

@@ -4,13 +4,13 @@ NaN safety. Also holds the Drell–Yan sample builder used by the other tests in
 from __future__ import annotations
 
 import math
-from functools import cache
 
 import hypothesis.strategies as st
 import numpy as np
 import torch
 from hypothesis import given, settings
 
+from tests._support.mem_events import dy_setup, make_dy_events
 from tests.conftest import REPO
 from unfoldmem.cards import load_card
 from unfoldmem.cards.detector import DetectorCard
@@ -27,37 +27,6 @@ from unfoldmem.physics.pdf import load_pdf
 from unfoldmem.simulate.detector import ParametricDetector
 
 torch.set_num_threads(1)  # intra-op threads thrash on the shared 2-core machine
-
-
-@cache
-def dy_setup() -> tuple:
-    """Drell–Yan hadronic integrand (real PDF), default detector and exact-W MEM integrand."""
-    card = load_card(REPO / "cards/processes/drell_yan.yaml", kind="process")
-    had = integrand_from_card(card, pdf=load_pdf(card.pdf, alpha_s_mz=card.alpha_s_mz))
-    det = ParametricDetector(DetectorCard())
-    return had, det, MEMIntegrand(had, ExactTransfer(det))
-
-
-def make_dy_events(n: int, seed: int = 1, theta: dict | None = None) -> tuple[RecoEvents, torch.Tensor]:
-    """n unweighted DY events passing 'two opposite-sign muons', reco and the parton momenta."""
-    had, det, _ = dy_setup()
-    g = torch.Generator().manual_seed(seed)
-    recos, partons = [], []
-    got = 0
-    while got < n:
-        u = torch.rand(4000, had.dim, generator=g, dtype=torch.float64)
-        pt = had(u, theta)
-        keep = torch.rand(len(u), generator=g, dtype=torch.float64) < pt.weight / pt.weight.max()
-        p_out = pt.p_out[keep]
-        pdg = torch.tensor(had.process.final_state).expand(len(p_out), 2)
-        out = det.simulate(p_out, pdg, g)
-        sel = (out.muons.count == 2) & (out.electrons.count == 0)
-        ev = RecoEvents.from_awkward(out.to_awkward()[sel.numpy()])
-        recos.append(ev)
-        partons.append(p_out[sel])
-        got += len(ev)
-    ev = RecoEvents(torch.cat([r.objects for r in recos])[:n], torch.cat([r.mask for r in recos])[:n])
-    return ev, torch.cat(partons)[:n]
 
 
 def test_jacobian_massless_two_body() -> None:

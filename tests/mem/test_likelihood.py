@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tests.mem.test_integrand import dy_setup, make_dy_events
-from tests.mem.test_sampling import quadrature_log_integral
+from tests._support.dy_quadrature import quadrature_log_integral
+from tests._support.mem_events import dy_setup, make_dy_events
 from unfoldmem.cards.model import ConditionConfig, FlowConfig, TrainingConfig
 from unfoldmem.flows.cinn import CINN
 from unfoldmem.flows.encoding import pad_reco

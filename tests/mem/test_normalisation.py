@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from tests.mem.test_integrand import dy_setup
+from tests._support.mem_events import dy_setup
 from unfoldmem.mem.normalisation import GridNormalisation, ReweightNormalisation
 
 torch.set_num_threads(1)

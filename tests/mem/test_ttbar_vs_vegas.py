@@ -4,53 +4,17 @@ and the resonance blocks of the detector channel (exact maps with their Jacobian
 from __future__ import annotations
 
 import math
-from functools import cache
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO
-from unfoldmem.cards import load_card
-from unfoldmem.cards.detector import DetectorCard
+from tests._support.mem_events import make_tt_events, tt_setup
 from unfoldmem.mem.channels import RecoChannel, SamplingContext
-from unfoldmem.mem.integrand import ExactTransfer, MEMIntegrand, RecoEvents
 from unfoldmem.mem.sampling import importance_sample
 from unfoldmem.mem.vegas_baseline import vegas_log_integral
-from unfoldmem.physics.hadronic import integrand_from_card
-from unfoldmem.physics.pdf import load_pdf
-from unfoldmem.simulate.detector import ParametricDetector
 
 torch.set_num_threads(1)
-
-
-@cache
-def tt_setup() -> tuple:
-    """tt̄ semileptonic hadronic integrand (real PDF), default detector, exact-W integrand."""
-    card = load_card(REPO / "cards/processes/ttbar_semileptonic.yaml", kind="process")
-    had = integrand_from_card(card, pdf=load_pdf(card.pdf, alpha_s_mz=card.alpha_s_mz))
-    det = ParametricDetector(DetectorCard())
-    return had, det, MEMIntegrand(had, ExactTransfer(det))
-
-
-def make_tt_events(n: int, seed: int) -> RecoEvents:
-    """n unweighted tt̄ events with one muon, no electron and exactly four jets (24 maps)."""
-    had, det, _ = tt_setup()
-    g = torch.Generator().manual_seed(seed)
-    fs = torch.tensor(had.process.final_state)
-    objs, masks = [], []
-    got = 0
-    while got < n:
-        u = torch.rand(3000, had.dim, generator=g, dtype=torch.float64)
-        pt = had(u)
-        keep = torch.rand(len(u), generator=g, dtype=torch.float64) < pt.weight / pt.weight.max()
-        out = det.simulate(pt.p_out[keep], fs.expand(int(keep.sum()), 6), g)
-        sel = (out.muons.count == 1) & (out.jets.count == 4) & (out.electrons.count == 0)
-        ev = RecoEvents.from_awkward(out.to_awkward()[sel.numpy()])
-        objs.append(ev.objects)
-        masks.append(ev.mask)
-        got += len(ev)
-    return RecoEvents(torch.cat(objs)[:n], torch.cat(masks)[:n])
 
 
 def _pulls(n: int, seed: int, precision: float) -> tuple[np.ndarray, np.ndarray]:

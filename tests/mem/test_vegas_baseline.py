@@ -6,9 +6,8 @@ import math
 
 import torch
 
-from tests.mem.test_integrand import dy_setup, make_dy_events
-from tests.mem.test_sampling import quadrature_log_integral
-from tests.mem.test_ttbar_vs_vegas import make_tt_events, tt_setup
+from tests._support.dy_quadrature import quadrature_log_integral
+from tests._support.mem_events import dy_setup, make_dy_events, make_tt_events, tt_setup
 from unfoldmem.mem.sampling import RecoChannel, importance_sample
 from unfoldmem.mem.vegas_baseline import vegas_log_integral
 
