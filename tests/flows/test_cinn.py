@@ -275,6 +275,76 @@ def test_padding_does_not_change_context() -> None:
                           atol=1e-5)
 
 
+def _lepton_events() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The toy with MET and 0-3 leptons of either flavour in front: partons, reco (64, 9, 7), mask."""
+    torch.manual_seed(0)
+    partons, reco, mask = toy_events(64, 0)
+    # MET, then 1-3 leptons of either flavour in shuffled slots, then the toy's jets
+    met = torch.tensor([[30.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    lep = torch.zeros(64, 3, 7, dtype=torch.float64)
+    lep[..., :3] = torch.rand(64, 3, 3, dtype=torch.float64) * torch.tensor([80.0, 2.0, 3.0]) + 10
+    lep[..., 5] = torch.where(torch.rand(64, 3) < 0.5, -1.0, 1.0).double()
+    lep[..., 6] = torch.randint(1, 3, (64, 3)).double()
+    lmask = torch.rand(64, 3) < 0.6
+    lmask[:4] = False  # no lepton at all
+    reco = torch.cat([met.expand(64, 1, 7), lep, reco], 1)
+    mask = torch.cat([torch.ones(64, 1, dtype=torch.bool), lmask, mask], 1)
+    return partons, reco, mask
+
+
+DIRECT_COND = SMALL_COND.model_copy(update={"direct_leptons": 2, "direct_met": True})
+
+
+def test_direct_context_is_met_and_hardest_leptons() -> None:
+    """Reference: RecoEncoding's features of MET and of the pt-ordered leptons picked by a plain
+    loop over slots; padding, slot order and missing leptons (zeros) handled; default off."""
+    partons, reco, mask = _lepton_events()
+    cfg = DIRECT_COND
+    model = CINN.from_data(partons, reco, mask, flow=SMALL_FLOW, condition=cfg)
+    assert model.condition.out_features == SMALL_COND.context + 3 * 11
+    feats = model.reco_encoding(reco, mask).float()
+    c = model.context(reco, mask)
+    want = torch.zeros(64, 3, 11)
+    for i in range(64):
+        want[i, 0] = feats[i, 0]
+        leps = sorted((j for j in range(1, 4) if mask[i, j]), key=lambda j: -float(reco[i, j, 0]))
+        for k, j in enumerate(leps[:2]):
+            want[i, k + 1] = feats[i, j]
+    assert torch.equal(c[:, SMALL_COND.context:].detach(), want.flatten(1))
+    perm = torch.tensor([0, 5, 3, 1, 4, 2, 8, 6, 7])
+    extra = torch.full((64, 2, 7), 123.0, dtype=torch.float64)
+    c2 = model.context(torch.cat([reco[:, perm], extra], 1),
+                       torch.cat([mask[:, perm], torch.zeros(64, 2, dtype=torch.bool)], 1))
+    assert torch.allclose(c, c2, atol=1e-5)
+    plain = CINN.from_data(partons, reco, mask, flow=SMALL_FLOW, condition=SMALL_COND)
+    assert plain.context(reco, mask).shape == (64, SMALL_COND.context)
+
+
+def test_direct_context_exports_to_onnx(tmp_path: Any) -> None:
+    """Reference: the torch sampler; onnxruntime runs the exported graph with fewer slots."""
+    from unfoldmem.flows.export import CINNSampler, export_graph, run_onnx
+
+    partons, reco, mask = _lepton_events()
+    model = CINN.from_data(partons, reco, mask, flow=SMALL_FLOW, condition=DIRECT_COND)
+    with torch.no_grad():  # move off the identity initialisation
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model = model.double().eval()
+    sampler = CINNSampler(model)
+    z = torch.randn(64, sampler.n_features, dtype=torch.float64)
+    dims = {"reco": {0: "batch", 1: "slots"}, "mask": {0: "batch", 1: "slots"},
+            "z": {0: "batch"}}
+    info = export_graph(sampler, (reco, mask, z), tmp_path / "c.onnx", ["reco", "mask", "z"],
+                        "partons", "onnx", dims)
+    assert info["max_abs_dev"] < 1e-5
+    keep = torch.tensor([0, 2, 3, 4, 5, 6])  # a lepton slot and two jet slots dropped
+    r2, m2, z2 = reco[:9, keep], mask[:9, keep], z[:9]
+    out = torch.from_numpy(run_onnx(tmp_path / "c.onnx", {"reco": r2, "mask": m2, "z": z2}))
+    with torch.no_grad():
+        ref = sampler(r2, m2, z2)
+    assert float((out - ref).abs().max()) < 1e-5
+
+
 def test_physical_density_and_samples() -> None:
     """log_prob_partons = flow log_prob + encoding Jacobian; samples decode to valid kinematics."""
     torch.manual_seed(0)

@@ -58,7 +58,10 @@ ONSHELL_CARD = CARD.replace("resonances", "onshell")
 #: (χ²/ndf against an independent truth 9.7 and 8.0, calibration 0.79 and 0.76): model
 #: inaccuracy of this small network, not prior dependence. Since the decay angles of the W
 #: and top decays are helicity angles (CINN.from_data), p_T(ν), p_T(b_lep), η(b_had) and
-#: p_T(q₁) close; p_T(b_had) (1.51) and η(b_lep) (1.56) miss by little.
+#: p_T(q₁) close; p_T(b_had) (1.51) and η(b_lep) (1.56) miss by little. Handing the flow the
+#: lepton and MET features unmixed (condition.direct_leptons/direct_met) locates the lepton
+#: (median-truth correlation 0.59 → 0.97) but leaves its posterior ≈ 23 % wide (coverage
+#: 0.98): 8 of 19 pass with it, so this card keeps it off.
 KNOWN_FAILING = ("pt_lepton", "eta_lepton", "eta_b_lep", "pt_b_had", "pt_q2", "eta_q2")
 
 

@@ -75,6 +75,15 @@ class ConditionConfig(StrictModel):
     context: PositiveInt = Field(32, description="context vector handed to the flow")
     attention_layers: NonNegativeInt = Field(0, description="self-attention blocks (0: pure deep set)")
     heads: PositiveInt = Field(4, description="attention heads")
+    direct_leptons: NonNegativeInt = Field(
+        0,
+        description="the encoded features of this many hardest leptons (muons and electrons "
+        "together; zeros where an event has fewer) are appended to the context unmixed, so the "
+        "flow sees the lepton itself and not only its sum with the jets (0: deep-set context only)",
+    )
+    direct_met: bool = Field(
+        False, description="append the encoded MET features to the context the same way"
+    )
 
 
 class TransferConfig(StrictModel):

@@ -49,12 +49,16 @@ from zuko.transforms import MonotonicRQSTransform
 from zuko.utils import unpack
 
 from unfoldmem.cards.model import ConditionConfig, EncodingConfig, FlowConfig
-from unfoldmem.flows.encoding import ObjectEncoding, RecoEncoding
+from unfoldmem.flows.encoding import RECO_TYPES, ObjectEncoding, RecoEncoding
 from unfoldmem.flows.parametrization import ResonanceEncoding, decay_tree, narrow_tree
 from unfoldmem.flows.spline import silu_, spline_cols_inverse, spline_constants
 
 __all__ = ["CouplingNSF", "ConditionNet", "CINN"]
 
+
+# RecoEncoding's feature columns: the one-hot type starts at 7, in RECO_TYPES order
+_ONEHOT = 7
+_MET, _MUON, _ELECTRON = (RECO_TYPES.index(t) for t in ("met", "muon", "electron"))
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # by (process, workers): a fork has none
 
@@ -266,15 +270,21 @@ class ConditionNet(nn.Module):
 
     Arguments:
         in_features: per-object features (11 from :class:`RecoEncoding`).
-        config: embedding width, hidden widths, context size, attention blocks.
+        config: embedding width, hidden widths, context size, attention blocks, direct objects.
 
-    Input (..., slots, in_features) and mask (..., slots); output (..., context). Padded slots
-    never change the output (tested), so events of any multiplicity share the network.
+    Input (..., slots, in_features) and mask (..., slots); output (..., out_features) with
+    ``out_features = context + in_features * (direct_leptons + direct_met)``: the deep set's
+    context, then the unmixed features of MET and of the hardest leptons (found by their
+    one-hot type, so the slot layout does not matter). Padded slots never change the output
+    (tested), so events of any multiplicity share the network.
     """
 
     def __init__(self, in_features: int, config: ConditionConfig | None = None) -> None:
         super().__init__()
         config = config or ConditionConfig()
+        self.direct_leptons, self.direct_met = config.direct_leptons, config.direct_met
+        self.out_features = config.context + in_features * (config.direct_leptons
+                                                            + int(config.direct_met))
         self.phi = MLP(in_features + 1, config.embed, list(config.hidden), activation=nn.SiLU)
         self.blocks = nn.ModuleList(
             _AttentionBlock(config.embed, config.heads) for _ in range(config.attention_layers)
@@ -289,7 +299,27 @@ class ConditionNet(nn.Module):
         m = mask[..., None].to(h.dtype)
         n = m.sum(-2).clamp_min(1.0)
         total = (h * m).sum(-2)
-        return self.rho(torch.cat([total / 4.0, total / n, n.log()], -1))
+        context = self.rho(torch.cat([total / 4.0, total / n, n.log()], -1))
+        if not (self.direct_leptons or self.direct_met):
+            return context
+        return torch.cat([context, *self.direct(feats, mask)], -1)
+
+    def direct(self, feats: Tensor, mask: Tensor) -> list[Tensor]:
+        """Encoded features of MET (if ``direct_met``) and of the ``direct_leptons`` hardest
+        leptons, each (..., F), zeros where absent; argmax/gather only, so it exports to ONNX."""
+        kind = feats[..., _ONEHOT : _ONEHOT + len(RECO_TYPES)] > 0.5  # one-hot type; 0 if padded
+        out = []
+        if self.direct_met:
+            out.append((feats * (mask & kind[..., _MET])[..., None]).sum(-2))
+        is_lep = mask & (kind[..., _MUON] | kind[..., _ELECTRON])
+        key = torch.where(is_lep, feats[..., 0], torch.finfo(feats.dtype).min)  # standard log pT
+        for _ in range(self.direct_leptons):
+            i = key.argmax(-1, keepdim=True)
+            obj = torch.gather(feats, -2, i[..., None].expand(*i.shape, feats.shape[-1]))
+            out.append(obj.squeeze(-2) * torch.gather(is_lep, -1, i).to(feats.dtype))
+            is_lep = is_lep.scatter(-1, i, False)
+            key = torch.where(is_lep, key, torch.finfo(feats.dtype).min)
+        return out
 
 
 class CINN(nn.Module):
@@ -319,7 +349,7 @@ class CINN(nn.Module):
         self.parton_encoding = parton_encoding
         self.reco_encoding = reco_encoding
         self.condition = ConditionNet(RecoEncoding.n_features, condition)
-        self.flow = CouplingNSF(parton_encoding.n_features, condition.context, flow)
+        self.flow = CouplingNSF(parton_encoding.n_features, self.condition.out_features, flow)
 
     @classmethod
     def from_data(
