@@ -19,12 +19,18 @@ __all__ = ["dy_setup", "make_dy_events", "make_tt_events", "tt_setup"]
 
 
 @cache
-def dy_setup() -> tuple:
-    """Drell–Yan hadronic integrand (real PDF), default detector and exact-W MEM integrand."""
-    card = load_card(REPO / "cards/processes/drell_yan.yaml", kind="process")
+def _setup(process: str) -> tuple:
+    """The process card's hadronic integrand (real PDF), the default detector and the exact-W
+    MEM integrand."""
+    card = load_card(REPO / f"cards/processes/{process}.yaml", kind="process")
     had = integrand_from_card(card, pdf=load_pdf(card.pdf, alpha_s_mz=card.alpha_s_mz))
     det = ParametricDetector(DetectorCard())
     return had, det, MEMIntegrand(had, ExactTransfer(det))
+
+
+def dy_setup() -> tuple:
+    """Drell–Yan: (hadronic integrand, default detector, exact-W MEM integrand), built once."""
+    return _setup("drell_yan")
 
 
 def make_dy_events(n: int, seed: int = 1, theta: dict | None = None) -> tuple[RecoEvents, torch.Tensor]:
@@ -49,13 +55,9 @@ def make_dy_events(n: int, seed: int = 1, theta: dict | None = None) -> tuple[Re
     return ev, torch.cat(partons)[:n]
 
 
-@cache
 def tt_setup() -> tuple:
-    """tt̄ semileptonic hadronic integrand (real PDF), default detector, exact-W integrand."""
-    card = load_card(REPO / "cards/processes/ttbar_semileptonic.yaml", kind="process")
-    had = integrand_from_card(card, pdf=load_pdf(card.pdf, alpha_s_mz=card.alpha_s_mz))
-    det = ParametricDetector(DetectorCard())
-    return had, det, MEMIntegrand(had, ExactTransfer(det))
+    """tt̄ semileptonic: (hadronic integrand, default detector, exact-W MEM integrand), built once."""
+    return _setup("ttbar_semileptonic")
 
 
 def make_tt_events(n: int, seed: int) -> RecoEvents:
