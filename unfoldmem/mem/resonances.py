@@ -110,12 +110,18 @@ class HadronicChain:
         return torch.where(torch.isfinite(mean), mean, ca), torch.where(
             torch.isfinite(prec), prec**-0.5, wa)
 
+    def _s_ab(self, pt: Tensor, eta: Tensor, phi: Tensor) -> Tensor:
+        """(S, B) s_ab = 2 p_T,a p_T,b g_ab of massless a and b."""
+        a, b = self.a, self.b
+        return 2 * pt[..., a] * pt[..., b] * pair_g(eta[..., a], phi[..., a], eta[..., b],
+                                                   phi[..., b])
+
+    def _reachable(self, s1: Tensor) -> Tensor:
+        return s1 < 0.999 * (self.m_t + self.cut * self.g_t) ** 2
+
     def top_reachable(self, z: Tensor) -> Tensor:
         """(S, B) whether s_ab of z lies below the top window's upper end (``w_free``)."""
-        pt, eta, phi = z.unbind(-1)
-        a, b = self.a, self.b
-        s1 = 2 * pt[..., a] * pt[..., b] * pair_g(eta[..., a], phi[..., a], eta[..., b], phi[..., b])
-        return s1 < 0.999 * (self.m_t + self.cut * self.g_t) ** 2
+        return self._reachable(self._s_ab(*z.unbind(-1)))
 
     def _top_only(self, z: Tensor, u: Tensor) -> Tensor:
         """``w_free`` transform: p_T of c from the top mass given the TF p_T of a and b."""
@@ -123,8 +129,8 @@ class HadronicChain:
         a, b, c = self.a, self.b, self.c
         assert c is not None
         _, _, top_lo = self._ranges(pt[..., a])
-        s1 = 2 * pt[..., a] * pt[..., b] * pair_g(eta[..., a], phi[..., a], eta[..., b], phi[..., b])
-        ok = self.top_reachable(z)
+        s1 = self._s_ab(pt, eta, phi)
+        ok = self._reachable(s1)
         den = 2 * (pt[..., a] * pair_g(eta[..., a], phi[..., a], eta[..., c], phi[..., c])
                    + pt[..., b] * pair_g(eta[..., b], phi[..., b], eta[..., c], phi[..., c]))
         lo2 = torch.where(ok, torch.maximum(s1, top_lo), top_lo)
@@ -163,9 +169,9 @@ class HadronicChain:
         pt, eta, phi = z.unbind(-1)
         a, b = self.a, self.b
         lo1, hi1, top_lo = self._ranges(pt[..., a])
-        s1 = 2 * pt[..., a] * pt[..., b] * pair_g(eta[..., a], phi[..., a], eta[..., b], phi[..., b])
+        s1 = self._s_ab(pt, eta, phi)
         if self.w_free:
-            ok = self.top_reachable(z)
+            ok = self._reachable(s1)
             top_lo = torch.where(ok, torch.maximum(s1, top_lo), top_lo)
             out = torch.zeros_like(s1)
         else:

@@ -51,10 +51,6 @@ import torch
 from torch import Tensor
 
 from unfoldmem.mem.adaptation import (
-    CELL_FLOOR,
-    LAW_FLOOR,
-    LAW_START,
-    PICK_FLOOR,
     adapted_cells,
     adapted_laws,
     adapted_pick,
@@ -73,8 +69,8 @@ from unfoldmem.mem.weight_sums import WeightSums
 from unfoldmem.pareto import K_RELIABLE, tail_size
 from unfoldmem.weights import WeightDiagnosticsConfig, WeightError, WeightWarning
 
-__all__ = ["CELL_FLOOR", "CINNChannel", "LAW_FLOOR", "LAW_START", "PICK_FLOOR", "Channel",
-           "ISResult", "RecoChannel", "SamplingContext", "diagnose", "importance_sample"]
+__all__ = ["CINNChannel", "Channel", "ISResult", "RecoChannel", "SamplingContext", "diagnose",
+           "importance_sample"]
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +200,7 @@ def importance_sample(
         prep["law_logp_pick"] = prep["law_logp"][:, None].expand(b, p, v).clone()
     partners = _w_swap_partners(channels, integrand, prep) if p > 1 else []
     acc = WeightSums(len(channels), b, k, p if track else None, v if law_chs else None,
-               n_top=tail_size(n_max) + 1, cells=cells)
+                     n_top=tail_size(n_max) + 1, cells=cells)
     u_ch = next((i for i, ch in enumerate(channels) if getattr(ch, "physics", False)), None)
     ulaw = None
     if adapt_proposal and u_ch is not None:
