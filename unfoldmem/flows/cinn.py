@@ -56,8 +56,7 @@ from unfoldmem.flows.spline import silu_, spline_cols_inverse, spline_constants
 __all__ = ["CouplingNSF", "ConditionNet", "CINN"]
 
 
-# RecoEncoding's feature columns: the one-hot type starts at 7, in RECO_TYPES order
-_ONEHOT = 7
+_ONEHOT = RecoEncoding.onehot_start
 _MET, _MUON, _ELECTRON = (RECO_TYPES.index(t) for t in ("met", "muon", "electron"))
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # by (process, workers): a fork has none

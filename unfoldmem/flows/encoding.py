@@ -286,6 +286,8 @@ class RecoEncoding(nn.Module):
     """
 
     n_features = 11
+    #: column of the first one-hot type feature (types in RECO_TYPES order)
+    onehot_start = n_features - len(RECO_TYPES)
 
     def __init__(self, mean: Tensor | None = None, std: Tensor | None = None) -> None:
         super().__init__()
