@@ -62,6 +62,9 @@ def test_cli_writes_everything_and_moves_toward_truth(
     }
     s = json.loads((out / "summary.json").read_text())
     assert s["n_fakes"] == 150 and s["n_misses"] > 50 and s["usable_iteration"] == 1
+    # no bootstrap: the summary says the band lacks the data's statistics
+    assert s["bootstrap"] == 0 and s["uncertainty"].startswith("INCOMPLETE")
+    assert "--bootstrap" in s["uncertainty"]
     pt = s["observables"]["pt_lminus"]
     assert set(pt) >= {"omnifold", "ibu", "chi2_ndf_omnifold_vs_truth", "chi2_ndf_ibu_vs_truth"}
     with uproot.open(out / "weights.root") as f:
@@ -126,6 +129,7 @@ def test_cli_fiducial_phase_space(files: tuple[Path, Path], tmp_path: Path) -> N
         return int((lorentz_eta(mom).abs() < 2.4).all(-1).sum())
 
     assert s["fiducial"] == {"lepton_eta_max": 2.4, "lepton_pt_min": 0.0}
+    assert s["uncertainty"].startswith("data and simulation statistics (2 Poisson")
     assert s["n_fakes"] == 150 and s["n_sim"] == n_fid(sim) + 150
     with uproot.open(out / "histograms.root") as f:
         h = f["m_ll_truth"]

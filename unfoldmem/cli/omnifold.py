@@ -26,7 +26,9 @@ def omnifold(
     output: Path = typer.Option(Path("out"), "--output", "-o", help="Output directory."),
     ensemble: int = typer.Option(1, "--ensemble", min=1, help="Classifier trainings (seeds)."),
     bootstrap: int = typer.Option(
-        0, "--bootstrap", min=0, help="Poisson bootstrap replicas (data and simulation resampled)."
+        0, "--bootstrap", min=0,
+        help="Poisson bootstrap replicas (data and simulation resampled); without at least 2 the "
+        "error bars miss the data's statistics (summary.json 'uncertainty' says so).",
     ),
     features: str = typer.Option("deepset", "--features", help="deepset | mlp (detector level)."),
     epochs: int = typer.Option(40, "--epochs", min=1, help="Maximum classifier epochs."),
@@ -150,6 +152,18 @@ def omnifold(
     sw = inp["sim_weights"].numpy()
     pg = inp["pass_gen"].numpy()
 
+    # what the error bars hold: without >= 2 bootstrap replicas the data's own statistics are
+    # missing, which a physicist must be told rather than find out from a χ²
+    if len(boot_w) >= 2:
+        uncertainty = (f"data and simulation statistics ({len(boot_w)} Poisson bootstrap "
+                       f"replicas) and training noise ({len(ens_w)} ensemble members)")
+    else:
+        uncertainty = ("INCOMPLETE: the simulation's sum of w^2"
+                       + (f" and the training noise of {len(ens_w)} members" if len(ens_w) >= 2
+                          else "")
+                       + "; the data's statistical uncertainty is not included "
+                       "(use --bootstrap 10 or more)")
+        console.print(f"[yellow]warning:[/yellow] OmniFold error bars are {uncertainty}")
     summary: dict[str, Any] = {
         "data": str(data),
         "sim": str(sim),
@@ -163,6 +177,7 @@ def omnifold(
                                                        "lepton_pt_min": fiducial_pt},
         "ensemble": ensemble,
         "bootstrap": bootstrap,
+        "uncertainty": uncertainty,
         "usable_iteration": nominal.usable_iteration,
         "diverged_iterations": nominal.diverged,
         "replicas_diverged": sum(bool(r.diverged) for r in reps["results"][1:]),
