@@ -19,11 +19,11 @@ import pytest
 import torch
 import uproot
 
+from tests._support.cli_pipeline import cli
 from tests._support.dimuon_toy import MODEL_CARD, make_toy, trained_toy
 from tests._support.omnifold_toy import write_dimuon_omnifold_file
 from tests._support.training_toy import KillTraining, TinyFlow, gaussian_data
 from tests.conftest import REPO, write_random_sim_file
-from tests.unfold.cli_pipeline import cli
 from unfoldmem.cards.model import TrainingConfig
 from unfoldmem.flows.encoding import pad_reco, parton_objects
 from unfoldmem.flows.model_dir import data_hash, load_model, save_model

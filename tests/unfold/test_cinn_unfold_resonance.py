@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unfold.cli_pipeline import generate_train_unfold
+from tests._support.cli_pipeline import generate_train_unfold
 from unfoldmem.flows.model_dir import load_model
 from unfoldmem.flows.parametrization import ResonanceEncoding
 

@@ -30,7 +30,7 @@ import awkward as ak
 import numpy as np
 import pytest
 
-from tests.unfold.cli_pipeline import ROOT, accept_reject, cli, unfold
+from tests._support.cli_pipeline import ROOT, accept_reject, cli, unfold
 
 PROCESS = "ttbar_semileptonic"
 #: the top-pt weight's scale: w = 1 + p_T(t) / PT_SCALE
