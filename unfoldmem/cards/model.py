@@ -46,11 +46,23 @@ class EncodingConfig(StrictModel):
         "direction and the resonance mass (unfoldmem.flows.onshell)",
     )
 
+    lepton_anchored: bool = Field(
+        False,
+        description="with resonances: a leptonic t -> b W, W -> l nu chain gets bottom-up "
+        "coordinates (the lepton's lab log pt, eta, phi; m_W and the neutrino's direction about "
+        "the lepton; m_t and the b's lab direction; unfoldmem.flows.lepton_anchored); no effect "
+        "without such a chain",
+    )
+
     @model_validator(mode="after")
     def _onshell_lab_phi(self) -> EncodingConfig:
         if self.parton_coordinates == "onshell" and self.relative_phi:
             msg = ("encoding.relative_phi: parton_coordinates 'onshell' keeps every azimuth in "
                    "the lab frame; set relative_phi: false")
+            raise ValueError(msg)
+        if self.lepton_anchored and self.parton_coordinates != "resonances":
+            msg = ("encoding.lepton_anchored: only with parton_coordinates 'resonances' (got "
+                   f"{self.parton_coordinates!r})")
             raise ValueError(msg)
         return self
 

@@ -305,9 +305,15 @@ def parton_encoding_from_dict(d: dict[str, Any]) -> nn.Module:
     """The parton encoding a ``to_dict`` describes (no ``parametrization`` key: objects).
 
     Returns an :class:`~unfoldmem.flows.encoding.ObjectEncoding`, a :class:`ResonanceEncoding`
-    or an :class:`~unfoldmem.flows.onshell.OnShellEncoding`.
+    (a :class:`~unfoldmem.flows.lepton_anchored.LeptonAnchoredEncoding` with the key
+    ``lepton_anchored``) or an :class:`~unfoldmem.flows.onshell.OnShellEncoding`.
     """
     kind = d.get("parametrization", "objects")
+    if kind == "resonances" and "lepton_anchored" in d:
+        # imported here: lepton_anchored builds on this module
+        from unfoldmem.flows.lepton_anchored import LeptonAnchoredEncoding
+
+        return LeptonAnchoredEncoding.from_dict(d)
     if kind == "resonances":
         return ResonanceEncoding.from_dict(d)
     if kind == "onshell":
