@@ -349,19 +349,7 @@ class LeptonAnchoredEncoding(ResonanceEncoding):
             px, py = ptr * torch.cos(phir), ptr * torch.sin(phir)
             mt = torch.sqrt(px * px + py * py + mass[r] ** 2)
             mom[r] = torch.stack([mt * torch.cosh(y), px, py, mt * torch.sinh(y)], -1)
-        for t in reversed(range(nn_)):
-            j = self.res_nodes[t]
-            a, b = self.nodes[j]
-            big, mj = mom[-j - 1], mass[-j - 1]
-            ps = _pstar(mj, mass[a], mass[b])
-            cos, phs = torch.tanh(ang[..., 2 * t]), math.pi * torch.tanh(ang[..., 2 * t + 1])
-            sin = torch.sqrt((1 - cos * cos).clamp_min(0.0))
-            d3 = torch.stack([sin * torch.cos(phs), sin * torch.sin(phs), cos], -1) * ps[..., None]
-            if self.hel_node[j]:
-                d3 = (self._helicity_axes(big).transpose(-1, -2) @ d3[..., None])[..., 0]
-            qa = torch.cat([torch.sqrt(ps * ps + mass[a] ** 2)[..., None], d3], -1)
-            qb = torch.cat([torch.sqrt(ps * ps + mass[b] ** 2)[..., None], -d3], -1)
-            mom[a], mom[b] = lorentz.boost_frame(qa, big, mj), lorentz.boost_frame(qb, big, mj)
+        self._decay_down(mom, mass, ang, [(t, self.res_nodes[t]) for t in reversed(range(nn_))])
         return self._objects(mom, m_leaf)
 
     def to_dict(self) -> dict[str, Any]:

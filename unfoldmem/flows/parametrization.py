@@ -271,11 +271,19 @@ class ResonanceEncoding(DecayTreeEncoding):
             # cosh/sinh through exp: onnxruntime has no float64 Cosh/Sinh kernels (export)
             ey = torch.exp(y)
             mom[r] = torch.stack([0.5 * mt * (ey + 1 / ey), px, py, 0.5 * mt * (ey - 1 / ey)], -1)
-        for j in reversed(range(nn_)):
+        self._decay_down(mom, mass, ang, [(j, j) for j in reversed(range(nn_))])
+        return self._objects(mom, m_leaf)
+
+    def _decay_down(self, mom: dict[int, Tensor], mass: dict[int, Tensor], ang: Tensor,
+                    order: list[tuple[int, int]]) -> None:
+        """Fill ``mom`` with the daughters of node ``j`` from its momentum and mass and its decay
+        angles ``ang[..., 2t : 2t + 2]`` (atanh cos θ, atanh(φ/π)), for each ``(t, j)`` of
+        ``order`` (parents before their daughter nodes)."""
+        for t, j in order:
             a, b = self.nodes[j]
             big, mj = mom[-j - 1], mass[-j - 1]
             ps = _pstar(mj, mass[a], mass[b])
-            cos, phs = torch.tanh(ang[..., 2 * j]), math.pi * torch.tanh(ang[..., 2 * j + 1])
+            cos, phs = torch.tanh(ang[..., 2 * t]), math.pi * torch.tanh(ang[..., 2 * t + 1])
             sin = torch.sqrt((1 - cos * cos).clamp_min(0.0))
             d = torch.stack([sin * torch.cos(phs), sin * torch.sin(phs), cos], -1) * ps[..., None]
             if self.hel_node[j]:
@@ -283,7 +291,6 @@ class ResonanceEncoding(DecayTreeEncoding):
             qa = torch.cat([torch.sqrt(ps * ps + mass[a] ** 2)[..., None], d], -1)
             qb = torch.cat([torch.sqrt(ps * ps + mass[b] ** 2)[..., None], -d], -1)
             mom[a], mom[b] = lorentz.boost_frame(qa, big, mj), lorentz.boost_frame(qb, big, mj)
-        return self._objects(mom, m_leaf)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON description (tree, layout, statistics); inverse of :meth:`from_dict`."""
