@@ -23,6 +23,11 @@ def unfold(
     sim: Path = typer.Option(None, "--sim", help="The training simulation (ROOT with Events and Partons)."),
     retrain_epochs: int = typer.Option(None, "--retrain-epochs", min=1,
                                        help="Epochs of each iterative retraining (default: the card's)."),
+    iteration_reference: str = typer.Option(
+        "truth", "--iteration-reference",
+        help="What the unfolded data are compared with to reweight the simulation: truth (its "
+        "partons) | unfolded (the network's unfolding of its detector events, robust to the "
+        "network's own inaccuracy)."),
     phase_space: str = typer.Option("reco", "--phase-space",
                                     help="reco (passing events, no correction) | fiducial | full (need --sim)."),
     branchmap: Path = typer.Option(None, "--branchmap", "-b", help="Branch-map card of the data file."),
@@ -76,6 +81,9 @@ def unfold(
     if phase_space not in PHASE_SPACES:
         msg = f"expected one of {', '.join(PHASE_SPACES)}, got {phase_space!r}"
         raise typer.BadParameter(msg, param_hint="--phase-space")
+    if iteration_reference not in ("truth", "unfolded"):
+        msg = f"expected truth or unfolded, got {iteration_reference!r}"
+        raise typer.BadParameter(msg, param_hint="--iteration-reference")
     if (iterations > 0 or phase_space != "reco") and sim is None:
         what = "--iterations" if iterations > 0 else f"--phase-space {phase_space}"
         msg = f"{what} needs the training simulation: pass --sim sim.root"
@@ -117,7 +125,8 @@ def unfold(
         if iterations > 0:
             assert simulation is not None
             res = iterate(net, loaded.card, events, simulation, layout, obs,
-                          IterativeConfig(iterations=iterations, epochs=retrain_epochs, seed=seed),
+                          IterativeConfig(iterations=iterations, epochs=retrain_epochs, seed=seed,
+                                          reference=iteration_reference),
                           quiet=quiet, device=device)
             net, iter_summary = res.model, res.summary()
             # the final network, trained on the reweighted simulation, for reuse

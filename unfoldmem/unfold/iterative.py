@@ -16,6 +16,15 @@ Iteration k (k = 1..K) removes it step by step:
    share, warned or refused above the configured thresholds;
 4. retrain the cINN on the reweighted simulation (warm start from :math:`q_{k-1}`).
 
+``reference="unfolded"`` (class 0 of step 2: the current cINN's unfolding of the simulation's
+own detector events, weights :math:`w^{(k-1)}_e/N`, instead of its partons): the ratio
+becomes :math:`\hat f_{\text{unf}}(p) / \hat f^{(k-1)}_{\text{unf,sim}}(p)`. For an exact
+posterior the two are the same (unfolding the simulation returns its prior); for an imperfect
+network, whose unfolded marginals are smeared or shifted where it is inaccurate, the data and
+the simulation are seen through the same inaccuracy, so the classifier learns how the data
+differ rather than how the network errs, and the reweighting does not feed the network's
+error back into the prior.
+
 How far each iteration moves is reported per observable as
 :math:`\chi^2_{\text{move}}/n = \frac1n\sum_i (h^{(k)}_i - h^{(k-1)}_i)^2/\sigma^2_{\text{stat},i}`
 and the largest relative change. Efficiencies for the acceptance correction use the original
@@ -33,7 +42,7 @@ import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import awkward as ak
 import numpy as np
@@ -79,6 +88,9 @@ class IterativeConfig(StrictModel):
         classifier: the reweighting classifier.
         weights: thresholds of the weight diagnostics.
         seed: seed of sampling and retraining (iteration k uses seed + k).
+        reference: class 0 of the classifier: ``"truth"``, the simulation's partons, or
+            ``"unfolded"``, the current network's unfolding of the simulation's detector
+            events (see the module docstring).
     """
 
     iterations: int = Field(3, ge=0)
@@ -90,6 +102,7 @@ class IterativeConfig(StrictModel):
     )
     weights: WeightDiagnosticsConfig = Field(default_factory=WeightDiagnosticsConfig)
     seed: int = 0
+    reference: Literal["truth", "unfolded"] = "truth"
 
 
 @dataclass
@@ -271,6 +284,8 @@ def iterate(
     }
     w = sim.weight.copy()
     mom_all = sim.momenta()
+    # detector events in the order of sim.pass_index (the weights' order below)
+    sim_events = sim.events
     records: list[IterationRecord] = []
     hists: list[dict[str, UnfoldedHist]] = []
     current = model
@@ -285,10 +300,22 @@ def iterate(
             x1 = x1.reshape(-1, x1.shape[-1])
             w1 = np.repeat(prev.weight[None] / prev.n_samples, prev.n_samples, 0).reshape(-1)
             x0 = _features(current, mom_all[sim.pass_index])
+            if config.reference == "unfolded":
+                # the simulation seen through the same network as the data
+                us = sample_posterior(current, sim_events, layout, config.samples,
+                                      seed=config.seed + 1000 + k, **kw)
+                if not np.array_equal(us.event_id, ak.to_numpy(sim_events.event_id)):
+                    msg = "iterative: the simulation's unfolding lost or reordered events"
+                    raise RuntimeError(msg)
+                xr = _features(current, us.momenta).reshape(-1, x1.shape[-1])
+                w0 = np.repeat(w[sim.pass_index][None] / us.n_samples, us.n_samples, 0)
+                x_ref, w_ref = xr, w0.reshape(-1)
+            else:
+                x_ref, w_ref = x0, w[sim.pass_index]
             clf = train_classifier(
-                EventFeatures(x0),
+                EventFeatures(x_ref),
                 EventFeatures(x1),
-                torch.from_numpy(w[sim.pass_index]),
+                torch.from_numpy(np.ascontiguousarray(w_ref)),
                 torch.from_numpy(w1),
                 config.classifier.model_copy(update={"seed": config.seed + k}),
             )
