@@ -174,7 +174,7 @@ def test_density_normalised_importance(case: str) -> None:
 
 
 def test_cinn_card_option_and_model_dir_round_trip(tmp_path: object) -> None:
-    """``encoding.lepton_anchored`` of the model card: CINN.from_data anchors tt̄'s leptonic
+    """``encoding.leptonic_chain: lepton`` of the model card: CINN.from_data anchors tt̄'s leptonic
     top (helicity angles kept for the hadronic one), leaves Drell–Yan (no such chain) with the
     resonance encoding, and log_prob_partons = flow density + encoding Jacobian; the sampler
     exports as TorchScript (reference: the eager sampler); a model directory saves and
@@ -188,7 +188,7 @@ def test_cinn_card_option_and_model_dir_round_trip(tmp_path: object) -> None:
     small = {"flow": FlowConfig(transforms=2, hidden=[8]),
              "condition": ModelCard(name="c", condition={"embed": 4, "hidden": [4],
                                                          "context": 2}).condition}
-    cfg = EncodingConfig(lepton_anchored=True)
+    cfg = EncodingConfig(leptonic_chain="lepton")
     model = CINN.from_data(v, reco, mask, encoding=cfg, pdg=TT, **small)
     enc = model.parton_encoding
     assert isinstance(enc, LeptonAnchoredEncoding) and enc.anchor == (1, 2, 0)
@@ -216,5 +216,5 @@ def test_cinn_card_option_and_model_dir_round_trip(tmp_path: object) -> None:
     assert d["lepton_anchored"] == [1, 2, 0]
     d.pop("lepton_anchored")
     assert type(parton_encoding_from_dict(d)) is ResonanceEncoding
-    with pytest.raises(ValueError, match="lepton_anchored"):
-        EncodingConfig(parton_coordinates="onshell", lepton_anchored=True)
+    with pytest.raises(ValueError, match="leptonic_chain"):
+        EncodingConfig(parton_coordinates="onshell", leptonic_chain="lepton")

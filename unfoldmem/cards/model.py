@@ -46,11 +46,14 @@ class EncodingConfig(StrictModel):
         "direction and the resonance mass (unfoldmem.flows.onshell)",
     )
 
-    lepton_anchored: bool = Field(
-        False,
-        description="with resonances: a leptonic t -> b W, W -> l nu chain gets bottom-up "
-        "coordinates (the lepton's lab log pt, eta, phi; m_W and the neutrino's direction about "
-        "the lepton; m_t and the b's lab direction; unfoldmem.flows.lepton_anchored); no effect "
+    leptonic_chain: Literal["resonances", "lepton", "ellipse"] = Field(
+        "resonances",
+        description="with resonances, coordinates of a leptonic t -> b W, W -> l nu chain: "
+        "resonances (the tree's masses and decay angles); lepton (bottom-up: the lepton's lab "
+        "log pt, eta, phi; m_W and the neutrino's direction about the lepton; m_t and the b's "
+        "lab direction; unfoldmem.flows.lepton_anchored); ellipse (the lepton's and the b's lab "
+        "log pt, eta, phi, two masses and the neutrino's angle on its ellipse; "
+        "unfoldmem.flows.neutrino_ellipse; a W -> l nu without a top gets 'lepton'); no effect "
         "without such a chain",
     )
 
@@ -60,8 +63,9 @@ class EncodingConfig(StrictModel):
             msg = ("encoding.relative_phi: parton_coordinates 'onshell' keeps every azimuth in "
                    "the lab frame; set relative_phi: false")
             raise ValueError(msg)
-        if self.lepton_anchored and self.parton_coordinates != "resonances":
-            msg = ("encoding.lepton_anchored: only with parton_coordinates 'resonances' (got "
+        if self.leptonic_chain != "resonances" and self.parton_coordinates != "resonances":
+            msg = (f"encoding.leptonic_chain: {self.leptonic_chain!r} only with "
+                   "parton_coordinates 'resonances' (got "
                    f"{self.parton_coordinates!r})")
             raise ValueError(msg)
         return self

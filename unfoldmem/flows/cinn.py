@@ -371,9 +371,10 @@ class CINN(nn.Module):
         invariant masses (:func:`~unfoldmem.flows.decay_tree.infer_tree`). A tree without
         any resonance is the plain :class:`ObjectEncoding`. Resonance coordinates take the decay
         angles of nested nodes (W in t → bW) about the parent's flight direction
-        (``helicity=True``); roots keep the lab axes. ``encoding.lepton_anchored`` gives a
+        (``helicity=True``); roots keep the lab axes. ``encoding.leptonic_chain`` gives a
         leptonic t → bW, W → ℓν chain (found from ``pdg``) bottom-up coordinates
-        (:class:`~unfoldmem.flows.lepton_anchored.LeptonAnchoredEncoding`).
+        (``"lepton"``: :class:`~unfoldmem.flows.lepton_anchored.LeptonAnchoredEncoding`;
+        ``"ellipse"``: :class:`~unfoldmem.flows.neutrino_ellipse.NeutrinoEllipseEncoding`).
 
         Arguments:
             partons: (n, n_partons, 4) (pt GeV, eta, phi, m GeV).
@@ -391,16 +392,19 @@ class CINN(nn.Module):
             # docs/unfolding.md); a saved model keeps the angles it was trained with
             renc = ResonanceEncoding.fit(partons, weight, tree, encoding.relative_phi,
                                          encoding.mass_offset, helicity=True)
-            if encoding.lepton_anchored and pdg is not None and renc.nodes:
-                # imported here: only this option needs it
+            if encoding.leptonic_chain != "resonances" and pdg is not None and renc.nodes:
+                # imported here: only this option needs them
                 from unfoldmem.flows.lepton_anchored import LeptonAnchoredEncoding, leptonic_chain
+                from unfoldmem.flows.neutrino_ellipse import NeutrinoEllipseEncoding
 
                 anchor = leptonic_chain(renc.tree, pdg, renc.free_mass, renc.fixed_mass,
                                         renc.fixed_pt)
                 if anchor is not None:
-                    renc = LeptonAnchoredEncoding.fit(partons, weight, renc.tree, anchor,
-                                                      encoding.relative_phi,
-                                                      encoding.mass_offset, helicity=True)
+                    kind = (NeutrinoEllipseEncoding
+                            if encoding.leptonic_chain == "ellipse" and anchor[2] >= 0
+                            else LeptonAnchoredEncoding)
+                    renc = kind.fit(partons, weight, renc.tree, anchor, encoding.relative_phi,
+                                    encoding.mass_offset, helicity=True)
             if renc.nodes:
                 penc = renc
         elif encoding.parton_coordinates == "onshell":

@@ -358,7 +358,13 @@ class LeptonAnchoredEncoding(ResonanceEncoding):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LeptonAnchoredEncoding:
-        """Rebuild an encoding from :meth:`to_dict` output."""
+        """Rebuild an encoding from :meth:`to_dict` output (``"leptonic_chain": "ellipse"``:
+        a :class:`~unfoldmem.flows.neutrino_ellipse.NeutrinoEllipseEncoding`)."""
+        if d.get("leptonic_chain") == "ellipse":
+            # imported here: neutrino_ellipse builds on this module
+            from unfoldmem.flows.neutrino_ellipse import NeutrinoEllipseEncoding
+
+            cls = NeutrinoEllipseEncoding
         return cls(d["tree"], d["free_mass"], d["fixed_mass"], d["fixed_pt"], d["relative_phi"],
                    d["mass_offset"], torch.tensor(d["mean"], dtype=torch.float64),
                    torch.tensor(d["std"], dtype=torch.float64), d.get("pt_sigma", 1.0),
