@@ -290,6 +290,17 @@ class DecayTreeEncoding(StandardisedEncoding):
             "std": self.std.tolist(),
         }
 
+    def _raw_and_transverse(self, x: Tensor, transverse: Tensor | None
+                            ) -> tuple[Tensor, Tensor | None]:
+        """Un-standardised features (..., D) float64 of ``x`` and the fixed transverse momentum
+        (..., 2) GeV of a ``fixed_pt`` encoding: ``transverse`` if given, else drawn from
+        N(0, pt_sigma²) with torch's global generator (None without ``fixed_pt``)."""
+        raw = x.to(self.mean.device, torch.float64) * self.std + self.mean
+        if self.fixed_pt and transverse is None:
+            transverse = self.pt_sigma * torch.randn(*raw.shape[:-1], 2, dtype=torch.float64,
+                                                     device=raw.device)
+        return raw, transverse
+
     def _objects(self, mom: dict[int, Tensor], m_leaf: Tensor) -> Tensor:
         """Decoded four-momenta {slot: (..., 4)} -> (..., k, 4) (pt, eta, phi, m) with each
         parton's mass ``m_leaf`` (..., k) as encoded (not re-derived from E² − p²)."""

@@ -302,10 +302,7 @@ class LeptonAnchoredEncoding(ResonanceEncoding):
             transverse: (..., 2) :math:`(P_x, P_y)` GeV of a ``fixed_pt`` encoding; None: drawn
                 from N(0, pt_sigma²) with torch's global generator.
         """
-        raw = x.to(self.mean.device, torch.float64) * self.std + self.mean
-        if self.fixed_pt and transverse is None:
-            transverse = self.pt_sigma * torch.randn(*raw.shape[:-1], 2, dtype=torch.float64,
-                                                     device=raw.device)
+        raw, transverse = self._raw_and_transverse(x, transverse)
         per = 1 if self.fixed_pt else 3
         nr = len(self.roots) - (0 if self.fixed_pt else 1)
         nc = 3 * len(self.chain_leaves)

@@ -253,10 +253,7 @@ class OnShellEncoding(DecayTreeEncoding):
             transverse: (..., 2) :math:`(P_x, P_y)` GeV of a ``fixed_pt`` encoding; None: drawn
                 from N(0, pt_sigma²) with torch's global generator.
         """
-        raw = x.to(self.mean.device, torch.float64) * self.std + self.mean
-        if self.fixed_pt and transverse is None:
-            transverse = self.pt_sigma * torch.randn(*raw.shape[:-1], 2, dtype=torch.float64,
-                                                     device=raw.device)
+        raw, transverse = self._raw_and_transverse(x, transverse)
         n_step = raw.shape[-1] - len(self.massed) - len(self.free_index)
         es = torch.exp(raw[..., n_step : n_step + len(self.massed)])
         m_leaf = self.fixed_mass.expand((*raw.shape[:-1], self.n_objects)).clone()

@@ -239,10 +239,7 @@ class ResonanceEncoding(DecayTreeEncoding):
             transverse: (..., 2) :math:`(P_x, P_y)` GeV of the root of a ``fixed_pt`` encoding;
                 None: drawn from N(0, pt_sigma²) with torch's global generator.
         """
-        raw = x.to(self.mean.device, torch.float64) * self.std + self.mean
-        if self.fixed_pt and transverse is None:
-            transverse = self.pt_sigma * torch.randn(*raw.shape[:-1], 2, dtype=torch.float64,
-                                                     device=raw.device)
+        raw, transverse = self._raw_and_transverse(x, transverse)
         nr, nn_, nf = len(self.roots), len(self.nodes), len(self.free_index)
         per = 1 if self.fixed_pt else 3
         root_raw = raw[..., : per * nr]
