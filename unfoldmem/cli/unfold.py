@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import typer
 
@@ -81,8 +81,9 @@ def unfold(
     if phase_space not in PHASE_SPACES:
         msg = f"expected one of {', '.join(PHASE_SPACES)}, got {phase_space!r}"
         raise typer.BadParameter(msg, param_hint="--phase-space")
-    if iteration_reference not in ("truth", "unfolded"):
-        msg = f"expected truth or unfolded, got {iteration_reference!r}"
+    references = get_args(IterativeConfig.model_fields["reference"].annotation)
+    if iteration_reference not in references:
+        msg = f"expected one of {', '.join(references)}, got {iteration_reference!r}"
         raise typer.BadParameter(msg, param_hint="--iteration-reference")
     if (iterations > 0 or phase_space != "reco") and sim is None:
         what = "--iterations" if iterations > 0 else f"--phase-space {phase_space}"

@@ -192,6 +192,15 @@ def _features(model: nn.Module, momenta: Tensor) -> Tensor:
     return x.float()
 
 
+def _sample_features(model: nn.Module, samples: UnfoldedSamples, weight: np.ndarray
+                     ) -> tuple[Tensor, np.ndarray]:
+    """Features (N·n, D) of every posterior sample, sample-major, and each sample's weight
+    (N·n,): its event's ``weight`` (n,) / N, so that every event counts once."""
+    x = _features(model, samples.momenta)
+    n = samples.n_samples
+    return x.reshape(-1, x.shape[-1]), np.repeat(weight[None] / n, n, 0).reshape(-1)
+
+
 def movement(new: dict[str, UnfoldedHist], old: dict[str, UnfoldedHist]) -> dict[str, Any]:
     """How far an iteration moved each histogram: χ²/n against the new stat errors, max rel. change."""
     out = {}
@@ -284,8 +293,6 @@ def iterate(
     }
     w = sim.weight.copy()
     mom_all = sim.momenta()
-    # detector events in the order of sim.pass_index (the weights' order below)
-    sim_events = sim.events
     records: list[IterationRecord] = []
     hists: list[dict[str, UnfoldedHist]] = []
     current = model
@@ -296,26 +303,23 @@ def iterate(
         rec = IterationRecord(k)
         if prev is not None:
             # 2. classifier: unfolded data (1) vs the current simulation prior (0), passing events
-            x1 = _features(current, prev.momenta)
-            x1 = x1.reshape(-1, x1.shape[-1])
-            w1 = np.repeat(prev.weight[None] / prev.n_samples, prev.n_samples, 0).reshape(-1)
+            x1, w1 = _sample_features(current, prev, prev.weight)
             x0 = _features(current, mom_all[sim.pass_index])
             if config.reference == "unfolded":
                 # the simulation seen through the same network as the data
-                us = sample_posterior(current, sim_events, layout, config.samples,
+                us = sample_posterior(current, sim.events, layout, config.samples,
                                       seed=config.seed + 1000 + k, **kw)
-                if not np.array_equal(us.event_id, ak.to_numpy(sim_events.event_id)):
+                if not np.array_equal(us.event_id, ak.to_numpy(sim.events.event_id)):
                     msg = "iterative: the simulation's unfolding lost or reordered events"
                     raise RuntimeError(msg)
-                xr = _features(current, us.momenta).reshape(-1, x1.shape[-1])
-                w0 = np.repeat(w[sim.pass_index][None] / us.n_samples, us.n_samples, 0)
-                x_ref, w_ref = xr, w0.reshape(-1)
+                # sim.events are in the order of sim.pass_index, as the weights
+                x_ref, w_ref = _sample_features(current, us, w[sim.pass_index])
             else:
                 x_ref, w_ref = x0, w[sim.pass_index]
             clf = train_classifier(
                 EventFeatures(x_ref),
                 EventFeatures(x1),
-                torch.from_numpy(np.ascontiguousarray(w_ref)),
+                torch.from_numpy(w_ref),
                 torch.from_numpy(w1),
                 config.classifier.model_copy(update={"seed": config.seed + k}),
             )
