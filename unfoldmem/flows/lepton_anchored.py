@@ -46,7 +46,7 @@ from torch import Tensor
 
 from unfoldmem.flows.decay_tree import flatten_tree
 from unfoldmem.flows.encoding import U_MAX
-from unfoldmem.flows.parametrization import ResonanceEncoding, _pstar
+from unfoldmem.flows.parametrization import ResonanceEncoding
 from unfoldmem.physics import lorentz
 
 __all__ = ["LeptonAnchoredEncoding", "leptonic_chain"]
@@ -114,6 +114,14 @@ def _dir(eta: Tensor, phi: Tensor) -> Tensor:
     return torch.stack([c * torch.cos(phi), c * torch.sin(phi), torch.tanh(eta)], -1)
 
 
+def _lab(c: Tensor, m: Tensor) -> Tensor:
+    """Four-momentum (..., 4) from (log p_T, η, atanh(φ/π)) (..., 3) and mass (...,)."""
+    pt, eta, phi = torch.exp(c[..., 0]), c[..., 1], math.pi * torch.tanh(c[..., 2])
+    pz = pt * torch.sinh(eta)
+    return torch.stack([torch.sqrt(pz * pz + pt * pt + m * m), pt * torch.cos(phi),
+                        pt * torch.sin(phi), pz], -1)
+
+
 def _phi_col(phi: Tensor) -> tuple[Tensor, Tensor]:
     """atanh(φ/π) and its log|d/dφ|."""
     u = (phi / math.pi).clamp(-U_MAX, U_MAX)
@@ -143,6 +151,7 @@ class LeptonAnchoredEncoding(ResonanceEncoding):
         if jw is None:
             msg = f"lepton_anchored: slots {lep}, {nu} are not one node of {self.tree}"
             raise ValueError(msg)
+        self.w_node = jw
         chain, top = [jw], -jw - 1
         if bq >= 0:
             jt = next((j for j, n in enumerate(self.nodes) if sorted(n) == sorted((bq, top))),
@@ -232,17 +241,8 @@ class LeptonAnchoredEncoding(ResonanceEncoding):
             mass[-j - 1] = torch.sqrt(lorentz.mass2(mom[-j - 1]).clamp_min(1e-300))
         log_m, angles = [], []
         for j in self.res_nodes:
-            a, b = self.nodes[j]
-            big, mj = mom[-j - 1], mass[-j - 1]
-            log_m.append(mj.log())
-            q = lorentz.boost_frame(mom[a], big, mj, to_rest=True)[..., 1:]
-            if self.hel_node[j]:
-                q = (self._helicity_axes(big) @ q[..., None])[..., 0]
-            cos = (q[..., 2] / torch.linalg.vector_norm(q, dim=-1)).clamp(-U_MAX, U_MAX)
-            u, lphi = _phi_col(torch.atan2(q[..., 1], q[..., 0]))
-            angles += [torch.atanh(cos), u]
-            ladj = (ladj - _pstar(mj, mass[a], mass[b]).log() - mj.log()
-                    - torch.log1p(-cos * cos) + lphi)
+            log_m.append(mass[-j - 1].log())
+            ladj = self._decay_angles(j, mom, mass, angles, ladj)
         chain, lc = self._chain_raw(mom, v)
         ladj = ladj + lc
         roots: list[Tensor] = []
@@ -277,19 +277,15 @@ class LeptonAnchoredEncoding(ResonanceEncoding):
     def _chain_decode(self, c: Tensor, mass: dict[int, Tensor], mom: dict[int, Tensor]) -> None:
         """Lab momenta of the chain from its raw coordinates c (..., 6 or 9), into ``mom``."""
         lep, nu, bq = self.anchor
-        pt, eta, phi = torch.exp(c[..., 0]), c[..., 1], math.pi * torch.tanh(c[..., 2])
-        pz = pt * torch.sinh(eta)
-        pl = torch.stack([torch.sqrt(pz * pz + pt * pt + mass[lep] ** 2), pt * torch.cos(phi),
-                          pt * torch.sin(phi), pz], -1)
+        pl = _lab(c[..., 0:3], mass[lep])
         u1, u2, u3 = _frame(pl)
         nr = _dir(c[..., 4], math.pi * torch.tanh(c[..., 5]))
         n = nr[..., :1] * u1 + nr[..., 1:2] * u2 + nr[..., 2:] * u3
         e = torch.exp(c[..., 3]) / (2 * (pl[..., 0] - (pl[..., 1:] * n).sum(-1)))
         mom[lep], mom[nu] = pl, torch.cat([e[..., None], e[..., None] * n], -1)
-        jw = next(j for j, nd in enumerate(self.nodes) if sorted(nd) == sorted((lep, nu)))
-        mom[-jw - 1] = pl + mom[nu]
+        mom[-self.w_node - 1] = pl + mom[nu]
         if bq >= 0:
-            w = mom[-jw - 1]
+            w = mom[-self.w_node - 1]
             nb = _dir(c[..., 7], math.pi * torch.tanh(c[..., 8]))
             e = torch.exp(c[..., 6]) / (2 * (w[..., 0] - (w[..., 1:] * nb).sum(-1)))
             mom[bq] = torch.cat([e[..., None], e[..., None] * nb], -1)

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unfoldmem.flows.lepton_anchored import LeptonAnchoredEncoding, _phi_col
+from unfoldmem.flows.lepton_anchored import LeptonAnchoredEncoding, _lab, _phi_col
 from unfoldmem.physics import lorentz
 
 __all__ = ["SIGMA2", "NeutrinoEllipseEncoding", "ellipse_coordinates", "ellipse_neutrino"]
@@ -119,14 +119,6 @@ def ellipse_neutrino(pl: Tensor, pb: Tensor, s_w: Tensor, y_t: Tensor, t: Tensor
     return torch.cat([lam[..., None], lam[..., None] * n], -1)
 
 
-def _lab(c: Tensor, m: Tensor) -> Tensor:
-    """Four-momentum (..., 4) from (log p_T, η, atanh(φ/π)) (..., 3) and mass (...,)."""
-    pt, eta, phi = torch.exp(c[..., 0]), c[..., 1], math.pi * torch.tanh(c[..., 2])
-    pz = pt * torch.sinh(eta)
-    return torch.stack([torch.sqrt(pz * pz + pt * pt + m * m), pt * torch.cos(phi),
-                        pt * torch.sin(phi), pz], -1)
-
-
 class NeutrinoEllipseEncoding(LeptonAnchoredEncoding):
     r"""Lepton-anchored resonance coordinates with the neutrino on its ellipse (module docstring).
 
@@ -167,8 +159,7 @@ class NeutrinoEllipseEncoding(LeptonAnchoredEncoding):
         pn = ellipse_neutrino(pl, pb, c[..., 6], c[..., 7], math.pi * torch.tanh(c[..., 8]),
                               mass[lep] ** 2)
         mom[lep], mom[nu], mom[bq] = pl, pn, pb
-        jw = next(j for j, nd in enumerate(self.nodes) if sorted(nd) == sorted((lep, nu)))
-        mom[-jw - 1] = pl + pn
+        mom[-self.w_node - 1] = pl + pn
         mom[self.chain_top] = pl + pn + pb
 
     def to_dict(self) -> dict[str, Any]:

@@ -200,14 +200,7 @@ class ResonanceEncoding(DecayTreeEncoding):
             mj = torch.sqrt(lorentz.mass2(big).clamp_min(1e-300))
             mom[-j - 1], mass[-j - 1] = big, mj
             log_m.append(mj.log())
-            q = lorentz.boost_frame(mom[a], big, mj, to_rest=True)[..., 1:]
-            if self.hel_node[j]:  # a rotation: dΩ* unchanged
-                q = (self._helicity_axes(big) @ q[..., None])[..., 0]
-            cos = (q[..., 2] / torch.linalg.vector_norm(q, dim=-1)).clamp(-U_MAX, U_MAX)
-            u = (torch.atan2(q[..., 1], q[..., 0]) / math.pi).clamp(-U_MAX, U_MAX)
-            angles += [torch.atanh(cos), torch.atanh(u)]
-            ladj = (ladj - _pstar(mj, mass[a], mass[b]).log() - mj.log()
-                    - torch.log1p(-cos * cos) - math.log(math.pi) - torch.log1p(-u * u))
+            ladj = self._decay_angles(j, mom, mass, angles, ladj)
         roots = []
         phi0 = None
         for r in self.roots:
@@ -270,6 +263,22 @@ class ResonanceEncoding(DecayTreeEncoding):
             mom[r] = torch.stack([0.5 * mt * (ey + 1 / ey), px, py, 0.5 * mt * (ey - 1 / ey)], -1)
         self._decay_down(mom, mass, ang, [(j, j) for j in reversed(range(nn_))])
         return self._objects(mom, m_leaf)
+
+    def _decay_angles(self, j: int, mom: dict[int, Tensor], mass: dict[int, Tensor],
+                      angles: list[Tensor], ladj: Tensor) -> Tensor:
+        """Append node ``j``'s decay-angle features (atanh cos θ*, atanh(φ*/π)) to ``angles``
+        and return ``ladj`` with their log-Jacobian (and the node's −log |p*| − log M) added;
+        ``mom``/``mass`` hold the node's own momentum and mass at key −j − 1."""
+        a, b = self.nodes[j]
+        big, mj = mom[-j - 1], mass[-j - 1]
+        q = lorentz.boost_frame(mom[a], big, mj, to_rest=True)[..., 1:]
+        if self.hel_node[j]:  # a rotation: dΩ* unchanged
+            q = (self._helicity_axes(big) @ q[..., None])[..., 0]
+        cos = (q[..., 2] / torch.linalg.vector_norm(q, dim=-1)).clamp(-U_MAX, U_MAX)
+        u = (torch.atan2(q[..., 1], q[..., 0]) / math.pi).clamp(-U_MAX, U_MAX)
+        angles += [torch.atanh(cos), torch.atanh(u)]
+        return (ladj - _pstar(mj, mass[a], mass[b]).log() - mj.log()
+                - torch.log1p(-cos * cos) - math.log(math.pi) - torch.log1p(-u * u))
 
     def _decay_down(self, mom: dict[int, Tensor], mass: dict[int, Tensor], ang: Tensor,
                     order: list[tuple[int, int]]) -> None:
