@@ -6,15 +6,19 @@ log-Jacobian with autograd and ``assert_normalised`` checks its density integrat
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from unfoldmem.cards.model import FlowConfig, ModelCard
 from unfoldmem.physics import lorentz
 from unfoldmem.physics.process import get_process
 
-__all__ = ["F64", "assert_normalised", "boost_z", "close_ptetaphi", "dilepton", "jacobian_check",
-           "toy_reco", "ttbar_partons"]
+__all__ = ["F64", "TT", "assert_chain_model", "assert_normalised", "boost_z", "close_ptetaphi", "dilepton",
+           "jacobian_check", "tiny_cinn_configs", "toy_reco", "ttbar_partons", "w_jet"]
 
 F64 = torch.float64
 
@@ -106,17 +110,20 @@ def jacobian_check(enc: torch.nn.Module, v: torch.Tensor, rows: int = 4) -> None
         assert torch.allclose(enc(v0)[1], ref + gauss, atol=1e-8, rtol=1e-10)
 
 
-def assert_normalised(enc: torch.nn.Module, n: int = 400_000, seed: int = 8) -> None:
-    """∫ N(x(v); 0, 0.5²) exp(ladj(v)) dv = 1 over the 6 (pt, η, φ) of a massless pair, by
-    importance sampling from an independent proposal (log-normal p_T, normal η, uniform φ):
-    within 4σ of the MC error, which must be below 0.03."""
+def assert_normalised(enc: torch.nn.Module, n: int = 400_000, seed: int = 8, k: int = 2,
+                      pt0: float = 30.0, s_lpt: float = 0.8, s_eta: float = 2.5) -> None:
+    """∫ N(x(v); 0, 0.5²) exp(ladj(v)) dv = 1 over the 3k (pt, η, φ) of k massless partons, by
+    importance sampling from an independent proposal (log-normal p_T about ``pt0`` GeV of
+    width ``s_lpt``, normal η of width ``s_eta``, uniform φ): within 4σ of the MC error, which
+    must be below 0.03."""
     g = torch.Generator().manual_seed(seed)
-    lpt = math.log(30.0) + 0.8 * torch.randn(n, 2, generator=g, dtype=F64)
-    eta = 2.5 * torch.randn(n, 2, generator=g, dtype=F64)
-    phi = (2 * torch.rand(n, 2, generator=g, dtype=F64) - 1) * math.pi
+    lpt = math.log(pt0) + s_lpt * torch.randn(n, k, generator=g, dtype=F64)
+    eta = s_eta * torch.randn(n, k, generator=g, dtype=F64)
+    phi = (2 * torch.rand(n, k, generator=g, dtype=F64) - 1) * math.pi
     w = torch.stack([lpt.exp(), eta, phi, torch.zeros_like(eta)], -1)
-    log_g = (-0.5 * ((lpt - math.log(30.0)) / 0.8) ** 2 - math.log(0.8 * math.sqrt(2 * math.pi))
-             - lpt - 0.5 * (eta / 2.5) ** 2 - math.log(2.5 * math.sqrt(2 * math.pi))
+    log_g = (-0.5 * ((lpt - math.log(pt0)) / s_lpt) ** 2
+             - math.log(s_lpt * math.sqrt(2 * math.pi))
+             - lpt - 0.5 * (eta / s_eta) ** 2 - math.log(s_eta * math.sqrt(2 * math.pi))
              - math.log(2 * math.pi)).sum(-1)
     x, ladj = enc(w)
     s = 0.5
@@ -127,9 +134,86 @@ def assert_normalised(enc: torch.nn.Module, n: int = 400_000, seed: int = 8) -> 
     assert abs(float(mean) - 1.0) < 4 * float(err)
 
 
-def toy_reco(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reco objects (n, 3, 7) equal to the partons (slot 0 empty) and their mask."""
-    reco = torch.zeros(v.shape[0], 3, 7, dtype=F64)
+def toy_reco(v: torch.Tensor, type_code: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reco objects (n, k + 1, 7) equal to the k partons (slot 0 empty), of one ``type_code``,
+    and their mask."""
+    reco = torch.zeros(v.shape[0], v.shape[1] + 1, 7, dtype=F64)
     reco[:, 1:, :4] = v
-    reco[:, 1:, 6] = 1.0
-    return reco, torch.ones(v.shape[0], 3, dtype=torch.bool)
+    reco[:, 1:, 6] = type_code
+    return reco, torch.ones(v.shape[0], v.shape[1] + 1, dtype=torch.bool)
+
+
+def tiny_cinn_configs() -> dict[str, Any]:
+    """``flow`` and ``condition`` keyword arguments of a tiny CINN (plumbing tests)."""
+    return {"flow": FlowConfig(transforms=2, hidden=[8]),
+            "condition": ModelCard(name="c", condition={"embed": 4, "hidden": [4],
+                                                        "context": 2}).condition}
+
+
+#: PDG ids of the tt̄ → b μ⁺ν b̄ d ū slots of :func:`ttbar_partons`
+TT = [5, -13, 14, -5, 1, -2]
+
+
+def w_jet(n: int, seed: int, kick: bool, wide: bool = False) -> torch.Tensor:
+    """(μ⁺, ν, d): a W of mass ~ N(80, 2) GeV (wide: 60 e^{0.3 z}) decaying isotropically,
+    recoiling against a quark (Σp⃗_T = 0 unless ``kick``) of random p_z."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, generator=g, dtype=F64)
+    mw = 60.0 * torch.exp(0.3 * z) if wide else 80.0 + 2.0 * z
+    pw = 20.0 + 60.0 * torch.rand(n, generator=g, dtype=F64)
+    cw, phw = 2 * torch.rand(n, generator=g, dtype=F64) - 1, 6.2 * torch.rand(n, generator=g,
+                                                                            dtype=F64)
+    sw = torch.sqrt(1 - cw * cw)
+    w3 = pw[:, None] * torch.stack([sw * torch.cos(phw), sw * torch.sin(phw), cw], -1)
+    w = torch.cat([torch.sqrt(pw * pw + mw * mw)[:, None], w3], -1)
+    c, ph = 2 * torch.rand(n, generator=g, dtype=F64) - 1, 6.2 * torch.rand(n, generator=g,
+                                                                          dtype=F64)
+    s = torch.sqrt(1 - c * c)
+    d = 0.5 * mw[:, None] * torch.stack([s * torch.cos(ph), s * torch.sin(ph), c], -1)
+    lep = lorentz.boost_frame(torch.cat([0.5 * mw[:, None], d], -1), w, mw)
+    q3 = -w3
+    if kick:
+        q3 = q3 + torch.cat([15 * torch.randn(n, 2, generator=g, dtype=F64),
+                             torch.zeros(n, 1, dtype=F64)], -1)
+    q3[:, 2] = 80 * torch.randn(n, generator=g, dtype=F64)
+    q = torch.cat([torch.linalg.vector_norm(q3, dim=-1, keepdim=True), q3], -1)
+    v = lorentz.to_ptetaphim(torch.stack([lep, w - lep, q], 1))
+    v[..., 3] = 0.0
+    return v
+
+
+def assert_chain_model(chain: str, cls: type, seed: int, tmp_path: Path) -> dict[str, Any]:
+    """``encoding.leptonic_chain: chain`` on tt̄ (:data:`TT`): CINN.from_data builds a ``cls``
+    encoding with the chain (1, 2, 0) and the hadronic top's helicity angles; log_prob_partons
+    = flow density + encoding Jacobian; samples are finite; the sampler exports as TorchScript
+    (reference: the eager sampler, 1e-8); a model directory (``tmp_path / "m"``) saves and
+    reloads it with the same density. Returns the reloaded ``encoding.json`` parton dict."""
+    from unfoldmem.cards.model import EncodingConfig
+    from unfoldmem.flows.cinn import CINN
+    from unfoldmem.flows.export import export_model
+    from unfoldmem.flows.model_dir import data_hash, load_model, save_model
+
+    v = ttbar_partons(300, seed)
+    reco, mask = toy_reco(v, 3.0)
+    small = tiny_cinn_configs()
+    cfg = EncodingConfig(leptonic_chain=chain)
+    model = CINN.from_data(v, reco, mask, encoding=cfg, pdg=TT, **small)
+    enc = model.parton_encoding
+    assert isinstance(enc, cls) and enc.anchor == (1, 2, 0)
+    assert enc.helicity and enc.res_nodes == [2, 3]
+    x, ladj = enc(v)
+    ref = model(reco, mask).log_prob(x.float()).double() + ladj
+    assert torch.allclose(model.log_prob_partons(v, reco, mask), ref)
+    s = model.sample_partons(2, reco[:4], mask[:4])
+    assert s.shape == (2, 4, 6, 4) and torch.isfinite(s).all()
+    manifest = export_model(model.double().eval(), tmp_path, "torchscript", "float64",
+                            n_example=16)
+    assert manifest["max_abs_dev"] < 1e-8
+    card = ModelCard(name=chain, encoding=cfg, **small)
+    out = tmp_path / "m"
+    save_model(out, model, card, data_hash({"v": v}))
+    loaded = load_model(out, card=card)
+    assert isinstance(loaded.model.parton_encoding, cls)
+    assert torch.allclose(loaded.model.log_prob_partons(v, reco, mask),
+                          model.log_prob_partons(v, reco, mask))
+    return json.loads((out / "encoding.json").read_text())["parton"]

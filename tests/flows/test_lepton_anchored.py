@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -10,53 +9,25 @@ import torch
 
 from tests._support.encoding_checks import (
     F64,
+    TT,
+    assert_chain_model,
     assert_normalised,
     close_ptetaphi,
     jacobian_check,
+    tiny_cinn_configs,
     toy_reco,
     ttbar_partons,
+    w_jet,
 )
-from unfoldmem.cards.model import EncodingConfig, FlowConfig, ModelCard
+from unfoldmem.cards.model import EncodingConfig
 from unfoldmem.flows.cinn import CINN
-from unfoldmem.flows.export import export_model
 from unfoldmem.flows.lepton_anchored import LeptonAnchoredEncoding, leptonic_chain
-from unfoldmem.flows.model_dir import data_hash, load_model, save_model
 from unfoldmem.flows.parametrization import (
     ResonanceEncoding,
     decay_tree,
     parton_encoding_from_dict,
 )
 from unfoldmem.physics import lorentz
-
-TT = [5, -13, 14, -5, 1, -2]
-
-
-def _w_jet(n: int, seed: int, kick: bool, wide: bool = False) -> torch.Tensor:
-    """(μ⁺, ν, d): a W of mass ~ N(80, 2) GeV (wide: 60 e^{0.3 z}) decaying isotropically,
-    recoiling against a quark (Σp⃗_T = 0 unless ``kick``) of random p_z."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, generator=g, dtype=F64)
-    mw = 60.0 * torch.exp(0.3 * z) if wide else 80.0 + 2.0 * z
-    pw = 20.0 + 60.0 * torch.rand(n, generator=g, dtype=F64)
-    cw, phw = 2 * torch.rand(n, generator=g, dtype=F64) - 1, 6.2 * torch.rand(n, generator=g,
-                                                                            dtype=F64)
-    sw = torch.sqrt(1 - cw * cw)
-    w3 = pw[:, None] * torch.stack([sw * torch.cos(phw), sw * torch.sin(phw), cw], -1)
-    w = torch.cat([torch.sqrt(pw * pw + mw * mw)[:, None], w3], -1)
-    c, ph = 2 * torch.rand(n, generator=g, dtype=F64) - 1, 6.2 * torch.rand(n, generator=g,
-                                                                          dtype=F64)
-    s = torch.sqrt(1 - c * c)
-    d = 0.5 * mw[:, None] * torch.stack([s * torch.cos(ph), s * torch.sin(ph), c], -1)
-    lep = lorentz.boost_frame(torch.cat([0.5 * mw[:, None], d], -1), w, mw)
-    q3 = -w3
-    if kick:
-        q3 = q3 + torch.cat([15 * torch.randn(n, 2, generator=g, dtype=F64),
-                             torch.zeros(n, 1, dtype=F64)], -1)
-    q3[:, 2] = 80 * torch.randn(n, generator=g, dtype=F64)
-    q = torch.cat([torch.linalg.vector_norm(q3, dim=-1, keepdim=True), q3], -1)
-    v = lorentz.to_ptetaphim(torch.stack([lep, w - lep, q], 1))
-    v[..., 3] = 0.0
-    return v
 
 
 def test_leptonic_chain_from_tree_and_pdg() -> None:
@@ -90,7 +61,7 @@ def test_round_trip_jacobian_and_chain_coordinates(case: str) -> None:
             v[..., 1, 3] = 0.10566
         pdg, lep, nu, bq = TT, 1, 2, 0
     else:
-        v = _w_jet(600, 12, kick=case == "w_jet_kick")
+        v = w_jet(600, 12, kick=case == "w_jet_kick")
         pdg, lep, nu, bq = [-13, 14, 1], 0, 1, -1
     res = ResonanceEncoding.fit(v, tree=decay_tree(pdg), helicity=True)
     anchor = leptonic_chain(res.tree, pdg, res.free_mass, res.fixed_mass, res.fixed_pt)
@@ -133,26 +104,6 @@ def test_jacobian_off_the_zero_pt_surface() -> None:
     assert close_ptetaphi(enc.inverse(enc(v)[0], transverse=total), v)
 
 
-def _normalised_three(enc: torch.nn.Module, n: int = 1_000_000, seed: int = 8) -> None:
-    """∫ N(x(v); 0, 0.5²) exp(ladj(v)) dv = 1 over the 9 (p_T, η, φ) of three massless partons,
-    by importance sampling from an independent proposal (log-normal p_T, normal η, uniform φ),
-    within 4σ of the MC error (itself below 0.03)."""
-    g = torch.Generator().manual_seed(seed)
-    lpt = math.log(40.0) + 0.7 * torch.randn(n, 3, generator=g, dtype=F64)
-    eta = 1.5 * torch.randn(n, 3, generator=g, dtype=F64)
-    phi = (2 * torch.rand(n, 3, generator=g, dtype=F64) - 1) * math.pi
-    w = torch.stack([lpt.exp(), eta, phi, torch.zeros_like(eta)], -1)
-    log_g = (-0.5 * ((lpt - math.log(40.0)) / 0.7) ** 2 - math.log(0.7 * math.sqrt(2 * math.pi))
-             - lpt - 0.5 * (eta / 1.5) ** 2 - math.log(1.5 * math.sqrt(2 * math.pi))
-             - math.log(2 * math.pi)).sum(-1)
-    x, ladj = enc(w)
-    log_p = (-0.5 * (x / 0.5) ** 2 - math.log(0.5 * math.sqrt(2 * math.pi))).sum(-1) + ladj
-    r = torch.exp(log_p - log_g)
-    mean, err = r.mean(), r.std() / math.sqrt(n)
-    assert err < 0.03
-    assert abs(float(mean) - 1.0) < 4 * float(err)
-
-
 @pytest.mark.parametrize("case", ["w_root", "w_jet_fixed_pt"])
 def test_density_normalised_importance(case: str) -> None:
     """The encoded density is normalised in the partons' (p_T, η, φ): a W → μν root (6
@@ -161,16 +112,16 @@ def test_density_normalised_importance(case: str) -> None:
     the proposal covers the mass coordinate. Reference: normalisation (1) by
     importance sampling within 4σ of its MC error."""
     if case == "w_root":
-        v = _w_jet(3000, 15, kick=True, wide=True)[:, :2]
+        v = w_jet(3000, 15, kick=True, wide=True)[:, :2]
         enc = LeptonAnchoredEncoding.fit(v, tree=[[0, 1]], anchor=(0, 1, -1))
         assert not enc.fixed_pt
         assert_normalised(enc)
     else:
-        v = _w_jet(3000, 16, kick=False, wide=True)
+        v = w_jet(3000, 16, kick=False, wide=True)
         enc = LeptonAnchoredEncoding.fit(v, tree=[[0, 1], 2], anchor=(0, 1, -1),
                                          pt_sigma=25.0)
         assert enc.fixed_pt and enc.split == 2
-        _normalised_three(enc)
+        assert_normalised(enc, 1_000_000, k=3, pt0=40.0, s_lpt=0.7, s_eta=1.5)
 
 
 def test_cinn_card_option_and_model_dir_round_trip(tmp_path: object) -> None:
@@ -180,39 +131,11 @@ def test_cinn_card_option_and_model_dir_round_trip(tmp_path: object) -> None:
     exports as TorchScript (reference: the eager sampler); a model directory saves and
     reloads it; a dict without the key (every model saved before) is the
     plain resonance encoding; the option is refused with other coordinates."""
-    v = ttbar_partons(300, 17)
-    reco = torch.zeros(v.shape[0], 7, 7, dtype=F64)
-    reco[:, 1:, :4] = v
-    reco[:, 1:, 6] = 3.0
-    mask = torch.ones(v.shape[0], 7, dtype=torch.bool)
-    small = {"flow": FlowConfig(transforms=2, hidden=[8]),
-             "condition": ModelCard(name="c", condition={"embed": 4, "hidden": [4],
-                                                         "context": 2}).condition}
-    cfg = EncodingConfig(leptonic_chain="lepton")
-    model = CINN.from_data(v, reco, mask, encoding=cfg, pdg=TT, **small)
-    enc = model.parton_encoding
-    assert isinstance(enc, LeptonAnchoredEncoding) and enc.anchor == (1, 2, 0)
-    assert enc.helicity and enc.res_nodes == [2, 3]
-    x, ladj = enc(v)
-    ref = model(reco, mask).log_prob(x.float()).double() + ladj
-    assert torch.allclose(model.log_prob_partons(v, reco, mask), ref)
-    s = model.sample_partons(2, reco[:4], mask[:4])
-    assert s.shape == (2, 4, 6, 4) and torch.isfinite(s).all()
-    manifest = export_model(model.double().eval(), tmp_path, "torchscript", "float64",
-                            n_example=16)
-    assert manifest["max_abs_dev"] < 1e-8
+    d = assert_chain_model("lepton", LeptonAnchoredEncoding, 17, tmp_path)  # type: ignore[arg-type]
     dy = ttbar_partons(300, 18)[:, 1:3].clone()
-    plain = CINN.from_data(dy, *toy_reco(dy), encoding=cfg, pdg=[13, -13], **small)
+    plain = CINN.from_data(dy, *toy_reco(dy), encoding=EncodingConfig(leptonic_chain="lepton"),
+                           pdg=[13, -13], **tiny_cinn_configs())
     assert type(plain.parton_encoding) is ResonanceEncoding
-
-    card = ModelCard(name="la", encoding=cfg, **small)
-    out = tmp_path / "m"  # type: ignore[operator]
-    save_model(out, model, card, data_hash({"v": v}))
-    loaded = load_model(out, card=card)
-    assert isinstance(loaded.model.parton_encoding, LeptonAnchoredEncoding)
-    assert torch.allclose(loaded.model.log_prob_partons(v, reco, mask),
-                          model.log_prob_partons(v, reco, mask))
-    d = json.loads((out / "encoding.json").read_text())["parton"]
     assert d["lepton_anchored"] == [1, 2, 0]
     d.pop("lepton_anchored")
     assert type(parton_encoding_from_dict(d)) is ResonanceEncoding

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -11,16 +10,18 @@ import torch
 
 from tests._support.encoding_checks import (
     F64,
+    TT,
+    assert_chain_model,
     close_ptetaphi,
     jacobian_check,
+    tiny_cinn_configs,
+    toy_reco,
     ttbar_partons,
+    w_jet,
 )
-from tests.flows.test_lepton_anchored import TT, _w_jet
-from unfoldmem.cards.model import EncodingConfig, FlowConfig, ModelCard
+from unfoldmem.cards.model import EncodingConfig
 from unfoldmem.flows.cinn import CINN
-from unfoldmem.flows.export import export_model
 from unfoldmem.flows.lepton_anchored import LeptonAnchoredEncoding
-from unfoldmem.flows.model_dir import data_hash, load_model, save_model
 from unfoldmem.flows.neutrino_ellipse import (
     SIGMA2,
     NeutrinoEllipseEncoding,
@@ -60,14 +61,6 @@ def _betchart_h(b: np.ndarray, mu: np.ndarray, mw2: float, mt2: float) -> np.nda
     bx = ry @ rz @ b[1:]
     rx = _rot(0, -math.atan2(bx[2], bx[1]))
     return rz.T @ ry.T @ rx.T @ h_tilde
-
-
-def _reco(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reco objects (n, k + 1, 7) equal to the k partons (slot 0 empty) and their mask."""
-    reco = torch.zeros(v.shape[0], v.shape[1] + 1, 7, dtype=F64)
-    reco[:, 1:, :4] = v
-    reco[:, 1:, 6] = 3.0
-    return reco, torch.ones(v.shape[0], v.shape[1] + 1, dtype=torch.bool)
 
 
 def _four(v: torch.Tensor) -> torch.Tensor:
@@ -220,38 +213,13 @@ def test_card_option_model_dir_and_export(tmp_path: object) -> None:
     the sampler exports as TorchScript (reference: the eager sampler), a model directory saves
     and reloads it (``"leptonic_chain": "ellipse"`` in encoding.json); a W → ℓν without a top
     gets the lepton-anchored chain; the class refuses a chain without b."""
-    v = ttbar_partons(300, 26)
-    reco, mask = _reco(v)
-    small = {"flow": FlowConfig(transforms=2, hidden=[8]),
-             "condition": ModelCard(name="c", condition={"embed": 4, "hidden": [4],
-                                                         "context": 2}).condition}
-    cfg = EncodingConfig(leptonic_chain="ellipse")
-    model = CINN.from_data(v, reco, mask, encoding=cfg, pdg=TT, **small)
-    enc = model.parton_encoding
-    assert isinstance(enc, NeutrinoEllipseEncoding) and enc.anchor == (1, 2, 0)
-    assert enc.helicity and enc.res_nodes == [2, 3]
-    x, ladj = enc(v)
-    ref = model(reco, mask).log_prob(x.float()).double() + ladj
-    assert torch.allclose(model.log_prob_partons(v, reco, mask), ref)
-    s = model.sample_partons(2, reco[:4], mask[:4])
-    assert s.shape == (2, 4, 6, 4) and torch.isfinite(s).all()
-    manifest = export_model(model.double().eval(), tmp_path, "torchscript", "float64",
-                            n_example=16)
-    assert manifest["max_abs_dev"] < 1e-8
-
-    card = ModelCard(name="ell", encoding=cfg, **small)
-    out = tmp_path / "m"  # type: ignore[operator]
-    save_model(out, model, card, data_hash({"v": v}))
-    loaded = load_model(out, card=card)
-    assert isinstance(loaded.model.parton_encoding, NeutrinoEllipseEncoding)
-    assert torch.allclose(loaded.model.log_prob_partons(v, reco, mask),
-                          model.log_prob_partons(v, reco, mask))
-    d = json.loads((out / "encoding.json").read_text())["parton"]
+    d = assert_chain_model("ellipse", NeutrinoEllipseEncoding, 26, tmp_path)  # type: ignore[arg-type]
     assert d["leptonic_chain"] == "ellipse" and d["lepton_anchored"] == [1, 2, 0]
     assert type(parton_encoding_from_dict(d)) is NeutrinoEllipseEncoding
 
-    wj = _w_jet(300, 27, kick=False)
-    only_w = CINN.from_data(wj, *_reco(wj), encoding=cfg, pdg=[-13, 14, 1], **small)
+    wj = w_jet(300, 27, kick=False)
+    only_w = CINN.from_data(wj, *toy_reco(wj, 3.0), encoding=EncodingConfig(leptonic_chain="ellipse"),
+                            pdg=[-13, 14, 1], **tiny_cinn_configs())
     assert type(only_w.parton_encoding) is LeptonAnchoredEncoding
     with pytest.raises(ValueError, match="no t → bW"):
         NeutrinoEllipseEncoding.fit(wj, tree=[[[0, 1], 2]], anchor=(0, 1, -1))

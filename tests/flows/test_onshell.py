@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests._support.encoding_checks import (
+    TT,
     assert_normalised,
     close_ptetaphi,
     dilepton,
@@ -23,7 +24,6 @@ from unfoldmem.flows.onshell import OnShellEncoding
 from unfoldmem.physics import lorentz
 
 F64 = torch.float64
-TT = [5, -13, 14, -5, 1, -2]
 
 
 def _tt_encoding(v: torch.Tensor) -> OnShellEncoding:

@@ -14,10 +14,11 @@ from tests._support.encoding_checks import (
     close_ptetaphi,
     dilepton,
     jacobian_check,
+    tiny_cinn_configs,
     toy_reco,
     ttbar_partons,
 )
-from unfoldmem.cards.model import EncodingConfig, FlowConfig, ModelCard
+from unfoldmem.cards.model import EncodingConfig, ModelCard
 from unfoldmem.flows.cinn import CINN
 from unfoldmem.flows.encoding import ObjectEncoding
 from unfoldmem.flows.model_dir import data_hash, load_model, save_model
@@ -130,9 +131,7 @@ def test_cinn_uses_resonances_and_model_dir_round_trip(tmp_path: object) -> None
     encoding Jacobian; a model directory saves and reloads it; old directories mean objects."""
     v = dilepton(256, 9, kick=False)
     reco, mask = toy_reco(v)
-    small = {"flow": FlowConfig(transforms=2, hidden=[8]),
-             "condition": ModelCard(name="c", condition={"embed": 4, "hidden": [4],
-                                                         "context": 2}).condition}
+    small = tiny_cinn_configs()
     obj = CINN.from_data(v, reco, mask, encoding=EncodingConfig(parton_coordinates="objects"),
                          **small)
     assert isinstance(obj.parton_encoding, ObjectEncoding)
@@ -204,13 +203,8 @@ def test_cinn_resonances_use_helicity_angles_for_nested_decays() -> None:
     resonance (Drell–Yan) is a root and keeps the lab axes. Reference: the node layout of the
     tree (post-order W⁺, t, W⁻, t̄, tt̄)."""
     v = ttbar_partons(300, 6)
-    reco = torch.zeros(v.shape[0], 7, 7, dtype=F64)
-    reco[:, 1:, :4] = v
-    reco[:, 1:, 6] = 3.0
-    mask = torch.ones(v.shape[0], 7, dtype=torch.bool)
-    small = {"flow": FlowConfig(transforms=2, hidden=[8]),
-             "condition": ModelCard(name="c", condition={"embed": 4, "hidden": [4],
-                                                         "context": 2}).condition}
+    reco, mask = toy_reco(v, 3.0)
+    small = tiny_cinn_configs()
     enc = CINN.from_data(v, reco, mask, pdg=[5, -13, 14, -5, 1, -2], **small).parton_encoding
     assert isinstance(enc, ResonanceEncoding) and enc.helicity
     assert enc.hel_node == [True, True, True, True, False]

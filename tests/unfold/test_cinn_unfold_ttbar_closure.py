@@ -348,8 +348,9 @@ def test_ttbar_top_pt_closure_one_pass_vs_iterative(closure: dict[str, Any]) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="lepton pt/η and η(q2) fail: the small cINN's own "
-                   "inaccuracy (the lepton fails on held-out simulated events)")
+@pytest.mark.xfail(strict=True, reason="#8 open: lepton pt/η and η(q2) fail the pooled closure "
+                   "(KNOWN_FAILING): the small cINN's own inaccuracy (the lepton fails on "
+                   "held-out simulated events too); strict, so a fix shows as XPASS")
 def test_ttbar_every_observable_closes(closure: dict[str, Any]) -> None:
     """Issue #8's criterion for every standard tt̄ observable except pt_tt (0 at LO): χ²/ndf < 1.5
     after iterating and per-event 68 % calibration in [0.63, 0.73] on held-out events."""

@@ -18,7 +18,7 @@ import torch
 from tests._support.dimuon_toy import MODEL_CARD, make_toy, trained_toy
 from unfoldmem.physics.observables import observables_for
 from unfoldmem.unfold.classifier import ClassifierConfig
-from unfoldmem.unfold.iterative import IterativeConfig, Simulation, iterate
+from unfoldmem.unfold.iterative import IterativeConfig, IterativeResult, Simulation, iterate
 from unfoldmem.weights import WeightDiagnosticsConfig, WeightError
 
 FAST = ClassifierConfig(epochs=12, hidden=32, layers=2, patience=3, batch_size=512)
@@ -26,6 +26,16 @@ FAST = ClassifierConfig(epochs=12, hidden=32, layers=2, patience=3, batch_size=5
 
 def _eta_mean(values: dict[str, np.ndarray]) -> float:
     return float(np.mean([values["eta_lminus"].mean(), values["eta_lplus"].mean()]))
+
+
+def _eta_biases(res: IterativeResult, eta_true: float) -> list[float]:
+    """Unfolded ⟨η⟩ of the two leptons (from the histograms) minus the truth, per iteration."""
+    biases = []
+    for h in res.histograms:
+        c = 0.5 * (h["eta_lminus"].edges[1:] + h["eta_lminus"].edges[:-1])
+        m = [(h[k].values * c).sum() / h[k].values.sum() for k in ("eta_lminus", "eta_lplus")]
+        biases.append(float(np.mean(m)) - eta_true)
+    return biases
 
 
 def test_iterations_reduce_the_prior_bias() -> None:
@@ -41,11 +51,7 @@ def test_iterations_reduce_the_prior_bias() -> None:
     obs = [o for o in observables_for("drell_yan") if o.name.startswith("eta")]
     cfg = IterativeConfig(iterations=2, samples=4, epochs=6, classifier=FAST)
     res = iterate(model, MODEL_CARD, det, sim, lay, obs, cfg)
-    biases = []
-    for h in res.histograms:
-        c = 0.5 * (h["eta_lminus"].edges[1:] + h["eta_lminus"].edges[:-1])
-        m = [(h[k].values * c).sum() / h[k].values.sum() for k in ("eta_lminus", "eta_lplus")]
-        biases.append(float(np.mean(m)) - eta_true)
+    biases = _eta_biases(res, eta_true)
     print(f"<eta> bias per iteration: {[round(b, 4) for b in biases]} (truth-mean error {sigma_mean:.4f})")
     assert biases[0] < -3 * sigma_mean
     assert abs(biases[-1]) < 0.6 * abs(biases[0])
@@ -73,11 +79,7 @@ def test_unfolded_reference_reduces_the_prior_bias() -> None:
     cfg = IterativeConfig(iterations=2, samples=4, epochs=6, classifier=FAST,
                           reference="unfolded")
     res = iterate(model, MODEL_CARD, det, sim, lay, obs, cfg)
-    biases = []
-    for h in res.histograms:
-        c = 0.5 * (h["eta_lminus"].edges[1:] + h["eta_lminus"].edges[:-1])
-        m = [(h[k].values * c).sum() / h[k].values.sum() for k in ("eta_lminus", "eta_lplus")]
-        biases.append(float(np.mean(m)) - eta_true)
+    biases = _eta_biases(res, eta_true)
     print(f"<eta> bias per iteration (unfolded reference): {[round(b, 4) for b in biases]}")
     assert abs(biases[-1]) < 0.6 * abs(biases[0])
     for rec in res.records[1:]:
