@@ -46,15 +46,18 @@ class EncodingConfig(StrictModel):
         "direction and the resonance mass (unfoldmem.flows.onshell)",
     )
 
-    leptonic_chain: Literal["resonances", "lepton", "ellipse"] = Field(
+    leptonic_chain: Literal["resonances", "lepton", "ellipse", "top_lepton"] = Field(
         "resonances",
         description="with resonances, coordinates of a leptonic t -> b W, W -> l nu chain: "
         "resonances (the tree's masses and decay angles); lepton (bottom-up: the lepton's lab "
         "log pt, eta, phi; m_W and the neutrino's direction about the lepton; m_t and the b's "
         "lab direction; unfoldmem.flows.lepton_anchored); ellipse (the lepton's and the b's lab "
         "log pt, eta, phi, two masses and the neutrino's angle on its ellipse; "
-        "unfoldmem.flows.neutrino_ellipse; a W -> l nu without a top gets 'lepton'); no effect "
-        "without such a chain",
+        "unfoldmem.flows.neutrino_ellipse; a W -> l nu without a top gets 'lepton'); top_lepton "
+        "(the resonance coordinates, with the leptonic top's decay angles replaced by the "
+        "lepton's lab log pt, eta, phi and the b's azimuth about the lepton in the top frame; "
+        "unfoldmem.flows.top_lepton; draws outside the physical region are redrawn; a W -> l nu "
+        "without a top keeps resonances); no effect without such a chain",
     )
 
     @model_validator(mode="after")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -54,6 +55,10 @@ from unfoldmem.flows.parametrization import ResonanceEncoding, decay_tree, narro
 from unfoldmem.flows.spline import silu_, spline_cols_inverse, spline_constants
 
 __all__ = ["CouplingNSF", "ConditionNet", "CINN"]
+
+#: Rounds of new draws for the samples an encoding decodes outside its physical region
+#: (``parton_encoding.redraws``) before the rest repeat physical draws of their event.
+MAX_REDRAWS = 100
 
 
 _ONEHOT = RecoEncoding.onehot_start
@@ -374,7 +379,9 @@ class CINN(nn.Module):
         (``helicity=True``); roots keep the lab axes. ``encoding.leptonic_chain`` gives a
         leptonic t → bW, W → ℓν chain (found from ``pdg``) bottom-up coordinates
         (``"lepton"``: :class:`~unfoldmem.flows.lepton_anchored.LeptonAnchoredEncoding`;
-        ``"ellipse"``: :class:`~unfoldmem.flows.neutrino_ellipse.NeutrinoEllipseEncoding`).
+        ``"ellipse"``: :class:`~unfoldmem.flows.neutrino_ellipse.NeutrinoEllipseEncoding`;
+        ``"top_lepton"``: :class:`~unfoldmem.flows.top_lepton.TopLeptonEncoding`, for a top
+        chain only).
 
         Arguments:
             partons: (n, n_partons, 4) (pt GeV, eta, phi, m GeV).
@@ -399,7 +406,14 @@ class CINN(nn.Module):
 
                 anchor = leptonic_chain(renc.tree, pdg, renc.free_mass, renc.fixed_mass,
                                         renc.fixed_pt)
-                if anchor is not None:
+                if encoding.leptonic_chain == "top_lepton":
+                    from unfoldmem.flows.top_lepton import TopLeptonEncoding
+
+                    if anchor is not None and anchor[2] >= 0:
+                        renc = TopLeptonEncoding.fit(partons, weight, renc.tree, anchor,
+                                                     encoding.relative_phi, encoding.mass_offset,
+                                                     helicity=True)
+                elif anchor is not None:
                     kind = (NeutrinoEllipseEncoding
                             if encoding.leptonic_chain == "ellipse" and anchor[2] >= 0
                             else LeptonAnchoredEncoding)
@@ -457,7 +471,39 @@ class CINN(nn.Module):
         LO partons (Σp_T = 0) draws the system's p_T from its fixed Gaussian (torch's generator),
         as :meth:`log_prob_partons` assumes.
         """
-        return self.parton_encoding.inverse(self.flow.sample_many(n, self.context(reco, mask)))
+        context = self.context(reco, mask)
+        v = self.parton_encoding.inverse(self.flow.sample_many(n, context))
+        if getattr(self.parton_encoding, "redraws", False):
+            v = self._redraw(v, context)
+        return v
+
+    def _redraw(self, v: Tensor, context: Tensor) -> Tensor:
+        """Replace the draws (n, B, k, 4) that decode to NaN (outside an encoding's physical
+        region, e.g. :class:`~unfoldmem.flows.top_lepton.TopLeptonEncoding`) by new draws of
+        the same event, so the samples follow the flow restricted to the physical region."""
+        n = v.shape[0]
+        for _ in range(MAX_REDRAWS):
+            bad = ~torch.isfinite(v).all(-1).all(-1)  # (n, B)
+            cols = bad.any(0).nonzero()[:, 0]
+            if not len(cols):
+                return v
+            w = self.parton_encoding.inverse(self.flow.sample_many(n, context[cols]))
+            v[:, cols] = torch.where(bad[:, cols, None, None], w, v[:, cols])
+        bad = ~torch.isfinite(v).all(-1).all(-1)
+        empty = bad.all(0)
+        if bool(empty.any()):
+            msg = (f"{int(empty.sum())} event(s) got no physical draw in {MAX_REDRAWS + 1} "
+                   f"rounds of {n} (events {empty.nonzero()[:, 0].tolist()[:10]} of the batch): "
+                   "the model puts (almost) no probability where their lepton can come from a "
+                   "top; unfold them with another model (encoding.leptonic_chain)")
+            raise ValueError(msg)
+        warnings.warn(f"{int(bad.sum())} of {bad.numel()} draws were still outside the physical "
+                      f"region after {MAX_REDRAWS} redraws; they repeat physical draws of the "
+                      "same event", RuntimeWarning, stacklevel=3)
+        good = (~bad).double()
+        src = torch.multinomial(good.T, n, replacement=True).T  # (n, B) physical draw index
+        fill = torch.gather(v, 0, src[..., None, None].expand_as(v))
+        return torch.where(bad[..., None, None], fill, v)
 
     def prepare(
         self, partons: Tensor, reco: Tensor, mask: Tensor, weight: Tensor | None = None

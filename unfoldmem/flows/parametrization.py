@@ -319,9 +319,15 @@ def parton_encoding_from_dict(d: dict[str, Any]) -> nn.Module:
 
     Returns an :class:`~unfoldmem.flows.encoding.ObjectEncoding`, a :class:`ResonanceEncoding`
     (a :class:`~unfoldmem.flows.lepton_anchored.LeptonAnchoredEncoding` with the key
-    ``lepton_anchored``) or an :class:`~unfoldmem.flows.onshell.OnShellEncoding`.
+    ``lepton_anchored``, a :class:`~unfoldmem.flows.top_lepton.TopLeptonEncoding` with
+    ``top_lepton``) or an :class:`~unfoldmem.flows.onshell.OnShellEncoding`.
     """
     kind = d.get("parametrization", "objects")
+    if kind == "resonances" and "top_lepton" in d:
+        # imported here: top_lepton builds on this module
+        from unfoldmem.flows.top_lepton import TopLeptonEncoding
+
+        return TopLeptonEncoding.from_dict(d)
     if kind == "resonances" and "lepton_anchored" in d:
         # imported here: lepton_anchored builds on this module
         from unfoldmem.flows.lepton_anchored import LeptonAnchoredEncoding

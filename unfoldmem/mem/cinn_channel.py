@@ -33,6 +33,14 @@ class CINNChannel:
     """
 
     def __init__(self, model: Any, order: Sequence[int] | None = None) -> None:
+        if any(getattr(m, "redraws", False) for m in model.modules()):
+            # its samples follow the flow restricted to a region whose probability the flow
+            # does not know, so log_prob would not be the density they were drawn from
+            msg = ("CINNChannel: this cINN's parton encoding redraws samples outside its "
+                   "physical region (encoding.leptonic_chain: top_lepton), so its density is "
+                   "not normalised over what it samples; train the MEM proposal with "
+                   "leptonic_chain 'resonances'")
+            raise ValueError(msg)
         self.model = model.eval()
         self.order = None if order is None else torch.as_tensor(order, dtype=torch.long)
 
