@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.unfold.test_cinn_unfold_ttbar_closure import (  # noqa: E402
+from tests._support.ttbar_closure import (  # noqa: E402
     CARD,
     ONSHELL_CARD,
     ClosureConfig,
