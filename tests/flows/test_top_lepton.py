@@ -93,8 +93,10 @@ def test_outside_the_physical_region_decodes_to_nan() -> None:
     """The lepton's top-frame energy E* = E_ℓ(E_t − p⃗_t·n̂)/m_t must lie in (m_W²/2m_t, m_t/2):
     scaling the lepton's p_T in feature space by a factor moves E* by the same factor, so
     E* × 2/m_t ≥ 1 must give NaN chain partons (and only the chain's), E* inside a finite,
-    physical event whose lepton has the requested p_T and whose neutrino is massless.
-    Reference: E* computed from the decoded top and the requested p_T, the partons' masses."""
+    physical event whose lepton has the requested p_T and whose neutrino is massless; with
+    ``clamp=True`` the outside draws decode onto the edge (E* at the nearer limit) and the
+    inside ones are unchanged. Reference: E* computed from the decoded top and the requested
+    p_T, the partons' masses."""
     v = ttbar_partons(400, 21)
     enc = _encoding(v)
     x = enc(v)[0]
@@ -117,6 +119,13 @@ def test_outside_the_physical_region_decodes_to_nan() -> None:
         assert torch.equal(ok, inside)
         assert torch.isfinite(out[:, 3:]).all()  # the hadronic top is untouched
         assert torch.allclose(out[ok][:, 1, 0], f * v[ok][:, 1, 0], rtol=1e-10)
+        edge = enc.inverse((r - enc.mean) / enc.std, transverse=total, clamp=True)
+        assert torch.isfinite(edge).all() and torch.equal(edge[ok], out[ok])
+        lim = torch.where(f * es >= mt / 2, mt / 2, mw * mw / (2 * mt))[~ok]
+        pe = lorentz.from_ptetaphim(edge[~ok])
+        te, le = pe[:, :3].sum(1), pe[:, 1]
+        es_edge = (te[:, 0] * le[:, 0] - (te[:, 1:] * le[:, 1:]).sum(-1)) / mt[~ok]
+        assert torch.allclose(es_edge, lim, rtol=1e-5)
         nu = lorentz.from_ptetaphim(out[ok])[:, 2]
         assert float(lorentz.mass2(nu).abs().max()) < 1e-6 * float((nu[:, 0] ** 2).max())
     assert 0 < int(inside.sum()) < len(v)  # f = 2.5: some events in, some out
@@ -158,9 +167,10 @@ def test_density_is_exact_on_the_physical_region() -> None:
 def test_sample_partons_redraws_outside_the_region() -> None:
     """An untrained tiny cINN with ``leptonic_chain: top_lepton`` puts a large share of its
     draws outside the physical region: sample_partons returns only finite partons, each a
-    decoding of some flow draw for its own event (its chain is physical: massless ν); an
-    encoding whose every draw is unphysical raises a clear error; CINNChannel (MEM) refuses
-    the model."""
+    decoding of some flow draw for its own event (its chain is physical: massless ν); where
+    every draw is unphysical the draws are moved onto the region's edge with a warning (lepton
+    top-frame energy inside [m_W²/2m_t, m_t/2], from the decoded partons); CINNChannel (MEM)
+    refuses the model."""
     from unfoldmem.mem.cinn_channel import CINNChannel
 
     v = ttbar_partons(300, 41)
@@ -177,11 +187,22 @@ def test_sample_partons_redraws_outside_the_region() -> None:
     nu = lorentz.from_ptetaphim(s)[..., 2, :]
     assert float(lorentz.mass2(nu).abs().max()) < 1e-6 * float((nu[..., 0] ** 2).max())
     inv = model.parton_encoding.inverse
-    model.parton_encoding.inverse = lambda x, transverse=None: torch.full(
-        (*x.shape[:-1], 6, 4), math.nan, dtype=F64)
-    with pytest.raises(ValueError, match="no physical draw"):
-        model.sample_partons(4, reco[:2], mask[:2])
+
+    def never(x: torch.Tensor, transverse: object = None, clamp: bool = False) -> torch.Tensor:
+        out = inv(x, clamp=clamp)
+        return out if clamp else torch.full_like(out, math.nan)
+
+    model.parton_encoding.inverse = never
+    with pytest.warns(RuntimeWarning, match="moved onto its edge"):
+        edge = model.sample_partons(4, reco[:2], mask[:2])
     model.parton_encoding.inverse = inv
+    assert torch.isfinite(edge).all()
+    p = lorentz.from_ptetaphim(edge)
+    top, lep = p[..., [0, 1, 2], :].sum(-2), p[..., 1, :]
+    mt = torch.sqrt(lorentz.mass2(top))
+    es = (top[..., 0] * lep[..., 0] - (top[..., 1:] * lep[..., 1:]).sum(-1)) / mt
+    mw2 = lorentz.mass2(p[..., 1, :] + p[..., 2, :])
+    assert bool(((es >= mw2 / (2 * mt) * (1 - 1e-6)) & (es <= mt / 2 * (1 + 1e-6))).all())
     with pytest.raises(ValueError, match="top_lepton"):
         CINNChannel(model)
 

@@ -57,7 +57,7 @@ from unfoldmem.flows.spline import silu_, spline_cols_inverse, spline_constants
 __all__ = ["CouplingNSF", "ConditionNet", "CINN"]
 
 #: Rounds of new draws for the samples an encoding decodes outside its physical region
-#: (``parton_encoding.redraws``) before the rest repeat physical draws of their event.
+#: (``parton_encoding.redraws``) before the rest are moved onto the region's edge.
 MAX_REDRAWS = 100
 
 
@@ -472,38 +472,37 @@ class CINN(nn.Module):
         as :meth:`log_prob_partons` assumes.
         """
         context = self.context(reco, mask)
-        v = self.parton_encoding.inverse(self.flow.sample_many(n, context))
+        x = self.flow.sample_many(n, context)
+        v = self.parton_encoding.inverse(x)
         if getattr(self.parton_encoding, "redraws", False):
-            v = self._redraw(v, context)
+            v = self._redraw(v, x, context)
         return v
 
-    def _redraw(self, v: Tensor, context: Tensor) -> Tensor:
+    def _redraw(self, v: Tensor, x: Tensor, context: Tensor) -> Tensor:
         """Replace the draws (n, B, k, 4) that decode to NaN (outside an encoding's physical
         region, e.g. :class:`~unfoldmem.flows.top_lepton.TopLeptonEncoding`) by new draws of
-        the same event, so the samples follow the flow restricted to the physical region."""
+        the same event, so the samples follow the flow restricted to the physical region.
+        Draws still outside after MAX_REDRAWS rounds (an event where the flow puts almost no
+        probability in the region) are moved onto the region's edge (``inverse(clamp=True)``)
+        with a warning that counts them."""
         n = v.shape[0]
         for _ in range(MAX_REDRAWS):
             bad = ~torch.isfinite(v).all(-1).all(-1)  # (n, B)
             cols = bad.any(0).nonzero()[:, 0]
             if not len(cols):
                 return v
-            w = self.parton_encoding.inverse(self.flow.sample_many(n, context[cols]))
-            v[:, cols] = torch.where(bad[:, cols, None, None], w, v[:, cols])
+            xn = self.flow.sample_many(n, context[cols])
+            w = self.parton_encoding.inverse(xn)
+            sel = bad[:, cols]
+            v[:, cols] = torch.where(sel[..., None, None], w, v[:, cols])
+            x[:, cols] = torch.where(sel[..., None], xn, x[:, cols])
         bad = ~torch.isfinite(v).all(-1).all(-1)
-        empty = bad.all(0)
-        if bool(empty.any()):
-            msg = (f"{int(empty.sum())} event(s) got no physical draw in {MAX_REDRAWS + 1} "
-                   f"rounds of {n} (events {empty.nonzero()[:, 0].tolist()[:10]} of the batch): "
-                   "the model puts (almost) no probability where their lepton can come from a "
-                   "top; unfold them with another model (encoding.leptonic_chain)")
-            raise ValueError(msg)
-        warnings.warn(f"{int(bad.sum())} of {bad.numel()} draws were still outside the physical "
-                      f"region after {MAX_REDRAWS} redraws; they repeat physical draws of the "
-                      "same event", RuntimeWarning, stacklevel=3)
-        good = (~bad).double()
-        src = torch.multinomial(good.T, n, replacement=True).T  # (n, B) physical draw index
-        fill = torch.gather(v, 0, src[..., None, None].expand_as(v))
-        return torch.where(bad[..., None, None], fill, v)
+        warnings.warn(f"{int(bad.sum())} of {bad.numel()} posterior draws ({int(bad.any(0).sum())} "
+                      f"event(s)) were still outside the model's physical region after "
+                      f"{MAX_REDRAWS} redraws; they were moved onto its edge",
+                      RuntimeWarning, stacklevel=3)
+        edge = self.parton_encoding.inverse(x, clamp=True)
+        return torch.where(bad[..., None, None], edge, v)
 
     def prepare(
         self, partons: Tensor, reco: Tensor, mask: Tensor, weight: Tensor | None = None

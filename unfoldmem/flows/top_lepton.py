@@ -155,6 +155,23 @@ class TopLeptonEncoding(ResonanceEncoding):
                 + 2 * dd.log() - 2 * math.log(math.pi) - torch.log1p(-u * u)
                 - torch.log1p(-ub * ub))
 
+    def inverse(self, x: Tensor, transverse: Tensor | None = None,
+                clamp: bool = False) -> Tensor:
+        """Decode features (..., D) -> partons (..., k, 4) float64 (pt, eta, phi, m); NaN
+        chain partons outside the physical region.
+
+        Arguments:
+            transverse: as in :meth:`ResonanceEncoding.inverse`.
+            clamp: instead of NaN, move such a draw onto the region's edge (the lepton's energy
+                scaled so that its top-frame energy lies just inside, m_W capped below m_t):
+                the last resort of :meth:`~unfoldmem.flows.cinn.CINN.sample_partons`.
+        """
+        self._clamp = clamp
+        try:
+            return super().inverse(x, transverse)
+        finally:
+            self._clamp = False
+
     def _decay_down(self, mom: dict[int, Tensor], mass: dict[int, Tensor], ang: Tensor,
                     order: list[tuple[int, int]]) -> None:
         cols = {j: t for t, j in order}
@@ -180,6 +197,12 @@ class TopLeptonEncoding(ResonanceEncoding):
         el = torch.exp(aw[..., 0]) * torch.cosh(eta)
         es = el * dd
         bad = (es <= mw * mw / (2 * mt)) | (es >= mt / 2) | ~(mw < mt)
+        if getattr(self, "_clamp", False):
+            mw = torch.where(bad, torch.minimum(mw, mt * (1 - 1e-6)), mw)
+            edge = torch.minimum(torch.maximum(es, mw * mw / (2 * mt) * (1 + 1e-6)),
+                                 mt / 2 * (1 - 1e-6))
+            el, es = torch.where(bad, edge / dd, el), torch.where(bad, edge, es)
+            bad = torch.zeros_like(bad)
         pl = torch.cat([el[..., None], el[..., None] * n], -1)
         ls = lorentz.boost_frame(pl, t, mt, to_rest=True)[..., 1:]
         ns = ls / torch.linalg.vector_norm(ls, dim=-1, keepdim=True)
