@@ -6,8 +6,9 @@ What it does (the slow test ``tests/unfold/test_cinn_unfold_ttbar_closure.py`` w
    simulation (seed 201), data (seed 101) and an independent reference (seed 301);
 2. data and reference are thinned by accept–reject with w = 1 + p_T(t)/(150 GeV) (mean top
    p_T +20 %), keeping unit generator weights;
-3. ``unfoldmem train`` a small cINN (resonance coordinates, 3-member ensemble; ``--onshell``
-   or ``--card`` for another one) on the simulation;
+3. ``unfoldmem train`` a small cINN (the tt̄ default: resonance coordinates with the leptonic
+   top in top-frame lepton coordinates, 3-member ensemble; ``--onshell`` or ``--card`` for
+   another one) on the simulation;
 4. ``unfoldmem unfold`` the data in one pass and with ``--iterations 2 --sim``, and the
    held-out simulation (per-event calibration with the simulation's own truth);
 5. prints the table of χ²/ndf against the reference and the 68 % calibrations, writes
