@@ -168,6 +168,7 @@ def test_sample_partons_redraws_outside_the_region() -> None:
     """An untrained tiny cINN with ``leptonic_chain: top_lepton`` puts a large share of its
     draws outside the physical region: sample_partons returns only finite partons, each a
     decoding of some flow draw for its own event (its chain is physical: massless ν); where
+    only 1 draw in 500 is physical the doubling rounds still fill every slot (no warning); where
     every draw is unphysical the draws are moved onto the region's edge with a warning (lepton
     top-frame energy inside [m_W²/2m_t, m_t/2], from the decoded partons); CINNChannel (MEM)
     refuses the model."""
@@ -192,6 +193,15 @@ def test_sample_partons_redraws_outside_the_region() -> None:
         out = inv(x, clamp=clamp)
         return out if clamp else torch.full_like(out, math.nan)
 
+    def rare(x: torch.Tensor, transverse: object = None, clamp: bool = False) -> torch.Tensor:
+        out = inv(x, clamp=clamp)
+        keep = torch.frac(1000 * x[..., 0].double().abs()) < 0.002  # P ≈ 0.002 per draw
+        return torch.where(keep[..., None, None], out, math.nan)
+
+    # physical draws 1 in 500: the rounds double their size until every slot is filled
+    model.parton_encoding.inverse = rare
+    s = model.sample_partons(4, reco[:3], mask[:3])
+    assert torch.isfinite(s).all()
     model.parton_encoding.inverse = never
     with pytest.warns(RuntimeWarning, match="moved onto its edge"):
         edge = model.sample_partons(4, reco[:2], mask[:2])

@@ -57,8 +57,12 @@ from unfoldmem.flows.spline import silu_, spline_cols_inverse, spline_constants
 __all__ = ["CouplingNSF", "ConditionNet", "CINN"]
 
 #: Rounds of new draws for the samples an encoding decodes outside its physical region
-#: (``parton_encoding.redraws``) before the rest are moved onto the region's edge.
+#: (``parton_encoding.redraws``) before the rest are moved onto the region's edge, and the
+#: largest number of draws per event in a round (each round doubles the last).
 MAX_REDRAWS = 100
+REDRAW_BATCH = 4096
+#: at most this many new draws in one round, over all events (memory)
+REDRAW_TOTAL = 1 << 20
 
 
 _ONEHOT = RecoEncoding.onehot_start
@@ -480,26 +484,40 @@ class CINN(nn.Module):
 
     def _redraw(self, v: Tensor, x: Tensor, context: Tensor) -> Tensor:
         """Replace the draws (n, B, k, 4) that decode to NaN (outside an encoding's physical
-        region, e.g. :class:`~unfoldmem.flows.top_lepton.TopLeptonEncoding`) by new draws of
-        the same event, so the samples follow the flow restricted to the physical region.
-        Draws still outside after MAX_REDRAWS rounds (an event where the flow puts almost no
-        probability in the region) are moved onto the region's edge (``inverse(clamp=True)``)
-        with a warning that counts them."""
+        region, e.g. :class:`~unfoldmem.flows.top_lepton.TopLeptonEncoding`) by physical draws
+        of the same event, so the samples follow the flow restricted to the physical region.
+        Each round draws again for the events that still lack some, twice as many per event as
+        the round before (at most REDRAW_BATCH); draws still outside after MAX_REDRAWS rounds
+        (an event where the flow puts almost no probability in the region) are moved onto the
+        region's edge (``inverse(clamp=True)``) with a warning that counts them."""
         n = v.shape[0]
+        m = n
         for _ in range(MAX_REDRAWS):
             bad = ~torch.isfinite(v).all(-1).all(-1)  # (n, B)
             cols = bad.any(0).nonzero()[:, 0]
             if not len(cols):
                 return v
-            xn = self.flow.sample_many(n, context[cols])
+            m = max(n, min(m, REDRAW_TOTAL // len(cols)))  # memory: ≤ REDRAW_TOTAL draws
+            xn = self.flow.sample_many(m, context[cols])  # (m, C, D)
             w = self.parton_encoding.inverse(xn)
+            good = torch.isfinite(w).all(-1).all(-1)  # (m, C)
+            # the r-th missing slot of an event takes its r-th physical new draw, if any
+            first = torch.argsort((~good).to(torch.int8), dim=0, stable=True)
             sel = bad[:, cols]
-            v[:, cols] = torch.where(sel[..., None, None], w, v[:, cols])
-            x[:, cols] = torch.where(sel[..., None], xn, x[:, cols])
+            rank = (sel.cumsum(0) - 1).clamp(min=0, max=m - 1)
+            src = torch.gather(first, 0, rank)  # (n, C) index into the new draws
+            take = sel & (rank < good.sum(0, keepdim=True))
+            wi = torch.gather(w, 0, src[..., None, None].expand(n, len(cols), *w.shape[2:]))
+            xi = torch.gather(xn, 0, src[..., None].expand(n, len(cols), xn.shape[-1]))
+            v[:, cols] = torch.where(take[..., None, None], wi, v[:, cols])
+            x[:, cols] = torch.where(sel[..., None], xi.to(x.dtype), x[:, cols])
+            m = min(2 * m, max(n, REDRAW_BATCH))
         bad = ~torch.isfinite(v).all(-1).all(-1)
+        if not bool(bad.any()):
+            return v
         warnings.warn(f"{int(bad.sum())} of {bad.numel()} posterior draws ({int(bad.any(0).sum())} "
                       f"event(s)) were still outside the model's physical region after "
-                      f"{MAX_REDRAWS} redraws; they were moved onto its edge",
+                      f"{MAX_REDRAWS} rounds of redraws; they were moved onto its edge",
                       RuntimeWarning, stacklevel=3)
         edge = self.parton_encoding.inverse(x, clamp=True)
         return torch.where(bad[..., None, None], edge, v)
