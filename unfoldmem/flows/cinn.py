@@ -414,15 +414,15 @@ class CINN(nn.Module):
                     from unfoldmem.flows.top_lepton import TopLeptonEncoding
 
                     if anchor is not None and anchor[2] >= 0:
-                        renc = TopLeptonEncoding.fit(partons, weight, renc.tree, anchor,
+                        renc = TopLeptonEncoding.fit(partons, weight, renc.tree,
                                                      encoding.relative_phi, encoding.mass_offset,
-                                                     helicity=True)
+                                                     helicity=True, anchor=anchor)
                 elif anchor is not None:
                     kind = (NeutrinoEllipseEncoding
                             if encoding.leptonic_chain == "ellipse" and anchor[2] >= 0
                             else LeptonAnchoredEncoding)
-                    renc = kind.fit(partons, weight, renc.tree, anchor, encoding.relative_phi,
-                                    encoding.mass_offset, helicity=True)
+                    renc = kind.fit(partons, weight, renc.tree, encoding.relative_phi,
+                                    encoding.mass_offset, helicity=True, anchor=anchor)
             if renc.nodes:
                 penc = renc
         elif encoding.parton_coordinates == "onshell":

@@ -176,32 +176,6 @@ class LeptonAnchoredEncoding(ResonanceEncoding):
         self.res_nodes = [j for j in range(len(self.nodes)) if j not in dropped]
         self.chain_leaves = [i for i in self.anchor if i >= 0]
 
-    @classmethod
-    def fit(  # type: ignore[override]
-        cls,
-        objects: Tensor,
-        weight: Tensor | None = None,
-        tree: Sequence[Any] | None = None,
-        anchor: Sequence[int] = (),
-        relative_phi: bool = True,
-        mass_offset: float = 1.0,
-        mass_tolerance: float = 1e-3,
-        pt_tolerance: float = 1e-9,
-        pt_sigma: float = 1.0,
-        helicity: bool = False,
-    ) -> LeptonAnchoredEncoding:
-        """Build the encoding from training partons (n, k, 4) (pt GeV, eta, phi, m GeV).
-
-        Arguments as :meth:`ResonanceEncoding.fit`; ``anchor`` from :func:`leptonic_chain`.
-        """
-        objects = objects.double()
-        tree, free, fixed, fixed_pt = cls.fit_layout(objects, weight, tree, mass_tolerance,
-                                                     pt_tolerance)
-        enc = cls(tree, free, fixed, fixed_pt, relative_phi, mass_offset, pt_sigma=pt_sigma,
-                  helicity=helicity, anchor=anchor)
-        enc._fit_standardisation(objects, weight)
-        return enc
-
     def _chain_raw(self, mom: dict[int, Tensor], v: Tensor) -> tuple[list[Tensor], Tensor]:
         """Chain coordinates and their log-Jacobian from lab momenta; v (..., k, 4) pt, η, φ."""
         lep, nu, bq = self.anchor

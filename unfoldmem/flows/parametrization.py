@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import Tensor, nn
@@ -148,7 +148,8 @@ class ResonanceEncoding(DecayTreeEncoding):
         pt_tolerance: float = 1e-9,
         pt_sigma: float = 1.0,
         helicity: bool = False,
-    ) -> ResonanceEncoding:
+        **extra: Any,
+    ) -> Self:
         """Build the encoding from training partons (n, k, 4) (pt GeV, eta, phi, m GeV).
 
         Arguments:
@@ -161,12 +162,14 @@ class ResonanceEncoding(DecayTreeEncoding):
                 kernel of the MEM, see :meth:`unfoldmem.mem.likelihood.MEMLikelihood.kernel_sigma`).
             helicity: decay angles of non-root nodes about the parent's lab flight direction
                 (see the class docstring).
+            extra: further arguments of a subclass's constructor (the ``anchor`` of the
+                leptonic-chain encodings).
         """
         objects = objects.double()
         tree, free, fixed, fixed_pt = cls.fit_layout(objects, weight, tree, mass_tolerance,
                                                      pt_tolerance)
         enc = cls(tree, free, fixed, fixed_pt, relative_phi, mass_offset, pt_sigma=pt_sigma,
-                  helicity=helicity)
+                  helicity=helicity, **extra)
         enc._fit_standardisation(objects, weight)
         return enc
 

@@ -104,33 +104,6 @@ class TopLeptonEncoding(ResonanceEncoding):
             raise ValueError(msg)
         self.w_node, self.top_node = jw, jt
 
-    @classmethod
-    def fit(  # type: ignore[override]
-        cls,
-        objects: Tensor,
-        weight: Tensor | None = None,
-        tree: Sequence[Any] | None = None,
-        anchor: Sequence[int] = (),
-        relative_phi: bool = True,
-        mass_offset: float = 1.0,
-        mass_tolerance: float = 1e-3,
-        pt_tolerance: float = 1e-9,
-        pt_sigma: float = 1.0,
-        helicity: bool = False,
-    ) -> TopLeptonEncoding:
-        """Build the encoding from training partons (n, k, 4) (pt GeV, eta, phi, m GeV).
-
-        Arguments as :meth:`ResonanceEncoding.fit`; ``anchor`` from
-        :func:`~unfoldmem.flows.lepton_anchored.leptonic_chain`.
-        """
-        objects = objects.double()
-        tree, free, fixed, fixed_pt = cls.fit_layout(objects, weight, tree, mass_tolerance,
-                                                     pt_tolerance)
-        enc = cls(tree, free, fixed, fixed_pt, relative_phi, mass_offset, pt_sigma=pt_sigma,
-                  helicity=helicity, anchor=anchor)
-        enc._fit_standardisation(objects, weight)
-        return enc
-
     def _decay_angles(self, j: int, mom: dict[int, Tensor], mass: dict[int, Tensor],
                       angles: list[Tensor], ladj: Tensor) -> Tensor:
         if j == self.w_node:  # filled at the top node, which needs the top
