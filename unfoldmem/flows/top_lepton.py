@@ -103,6 +103,7 @@ class TopLeptonEncoding(ResonanceEncoding):
             msg = f"top_lepton: the chain's slots {heavy} must be massless (fixed mass 0)"
             raise ValueError(msg)
         self.w_node, self.top_node = jw, jt
+        self._clamp = False  # set by inverse(clamp=True) for its one decoding
 
     def _decay_angles(self, j: int, mom: dict[int, Tensor], mass: dict[int, Tensor],
                       angles: list[Tensor], ladj: Tensor) -> Tensor:
@@ -170,7 +171,7 @@ class TopLeptonEncoding(ResonanceEncoding):
         el = torch.exp(aw[..., 0]) * torch.cosh(eta)
         es = el * dd
         bad = (es <= mw * mw / (2 * mt)) | (es >= mt / 2) | ~(mw < mt)
-        if getattr(self, "_clamp", False):
+        if self._clamp:
             mw = torch.where(bad, torch.minimum(mw, mt * (1 - 1e-6)), mw)
             edge = torch.minimum(torch.maximum(es, mw * mw / (2 * mt) * (1 + 1e-6)),
                                  mt / 2 * (1 - 1e-6))
