@@ -407,20 +407,19 @@ class CINN(nn.Module):
                 # imported here: only this option needs them
                 from unfoldmem.flows.lepton_anchored import LeptonAnchoredEncoding, leptonic_chain
                 from unfoldmem.flows.neutrino_ellipse import NeutrinoEllipseEncoding
+                from unfoldmem.flows.top_lepton import TopLeptonEncoding
 
                 anchor = leptonic_chain(renc.tree, pdg, renc.free_mass, renc.fixed_mass,
                                         renc.fixed_pt)
-                if encoding.leptonic_chain == "top_lepton":
-                    from unfoldmem.flows.top_lepton import TopLeptonEncoding
-
-                    if anchor is not None and anchor[2] >= 0:
-                        renc = TopLeptonEncoding.fit(partons, weight, renc.tree,
-                                                     encoding.relative_phi, encoding.mass_offset,
-                                                     helicity=True, anchor=anchor)
-                elif anchor is not None:
-                    kind = (NeutrinoEllipseEncoding
-                            if encoding.leptonic_chain == "ellipse" and anchor[2] >= 0
-                            else LeptonAnchoredEncoding)
+                kind = None
+                if anchor is not None:
+                    top = anchor[2] >= 0
+                    # a W → ℓν without a top: 'ellipse' gets 'lepton', 'top_lepton' keeps resonances
+                    kind = {"lepton": LeptonAnchoredEncoding,
+                            "ellipse": NeutrinoEllipseEncoding if top else LeptonAnchoredEncoding,
+                            "top_lepton": TopLeptonEncoding if top else None,
+                            }[encoding.leptonic_chain]
+                if kind is not None:
                     renc = kind.fit(partons, weight, renc.tree, encoding.relative_phi,
                                     encoding.mass_offset, helicity=True, anchor=anchor)
             if renc.nodes:

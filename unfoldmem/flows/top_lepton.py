@@ -47,25 +47,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unfoldmem.flows.encoding import U_MAX
+from unfoldmem.flows.lepton_anchored import _dir, _phi_col
 from unfoldmem.flows.parametrization import ResonanceEncoding
 from unfoldmem.physics import lorentz
 
 __all__ = ["TopLeptonEncoding"]
 
 
-def _cross(a: Tensor, b: Tensor) -> Tensor:
-    """a × b (..., 3), written out (no linalg.cross: the decoder is exported to ONNX)."""
-    return torch.stack([a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1],
-                        a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
-                        a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]], -1)
-
-
 def _frame_about(n: Tensor, zref: Tensor) -> tuple[Tensor, Tensor]:
     """(u1, u2) ⟂ n (..., 3): u1 along the part of ``zref`` orthogonal to n, u2 = n × u1."""
     u1 = zref - (zref * n).sum(-1, keepdim=True) * n
     u1 = u1 / torch.linalg.vector_norm(u1, dim=-1, keepdim=True)
-    return u1, _cross(n, u1)
+    return u1, torch.linalg.cross(n, u1)
 
 
 def _unit(p: Tensor) -> Tensor:
@@ -116,18 +109,17 @@ class TopLeptonEncoding(ResonanceEncoding):
         pl, pb, t = mom[lep], mom[bq], mom[-j - 1]
         mt, mw = mass[-j - 1], mass[-self.w_node - 1]
         pt_l, eta = lorentz.pt(pl), lorentz.eta(pl)
-        u = (lorentz.phi(pl) / math.pi).clamp(-U_MAX, U_MAX)
+        uphi, lphi = _phi_col(lorentz.phi(pl))
         dd = (t[..., 0] - (t[..., 1:] * _unit(pl)).sum(-1)) / mt
         ls = lorentz.boost_frame(pl, t, mt, to_rest=True)[..., 1:]
         bs = lorentz.boost_frame(pb, t, mt, to_rest=True)[..., 1:]
         u1, u2 = _frame_about(ls / torch.linalg.vector_norm(ls, dim=-1, keepdim=True), _unit(t))
-        ub = (torch.atan2((bs * u2).sum(-1), (bs * u1).sum(-1)) / math.pi).clamp(-U_MAX, U_MAX)
-        angles[2 * self.w_node], angles[2 * self.w_node + 1] = pt_l.log(), torch.atanh(ub)
-        angles += [eta, torch.atanh(u)]
+        ubeta, lbeta = _phi_col(torch.atan2((bs * u2).sum(-1), (bs * u1).sum(-1)))
+        angles[2 * self.w_node], angles[2 * self.w_node + 1] = pt_l.log(), ubeta
+        angles += [eta, uphi]
         es = pl[..., 0] * dd
         return (ladj - es.log() - 2 * mw.log() - mt.log() + 2 * torch.cosh(eta).log()
-                + 2 * dd.log() - 2 * math.log(math.pi) - torch.log1p(-u * u)
-                - torch.log1p(-ub * ub))
+                + 2 * dd.log() + lphi + lbeta)
 
     def inverse(self, x: Tensor, transverse: Tensor | None = None,
                 clamp: bool = False) -> Tensor:
@@ -164,9 +156,8 @@ class TopLeptonEncoding(ResonanceEncoding):
         physical region."""
         lep, nu, bq = self.anchor
         t, mt, mw = mom[-self.top_node - 1], mass[-self.top_node - 1], mass[-self.w_node - 1]
-        eta, phi = at[..., 0], math.pi * torch.tanh(at[..., 1])
-        c = 1 / torch.cosh(eta)
-        n = torch.stack([c * torch.cos(phi), c * torch.sin(phi), torch.tanh(eta)], -1)
+        eta = at[..., 0]
+        n = _dir(eta, math.pi * torch.tanh(at[..., 1]))
         dd = (t[..., 0] - (t[..., 1:] * n).sum(-1)) / mt
         el = torch.exp(aw[..., 0]) * torch.cosh(eta)
         es = el * dd
