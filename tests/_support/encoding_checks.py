@@ -18,7 +18,7 @@ from unfoldmem.physics import lorentz
 from unfoldmem.physics.process import get_process
 
 __all__ = ["F64", "TT", "assert_chain_model", "assert_normalised", "boost_z", "close_ptetaphi", "dilepton",
-           "jacobian_check", "tiny_cinn_configs", "toy_reco", "ttbar_partons", "w_jet"]
+           "importance_ratios", "jacobian_check", "tiny_cinn_configs", "toy_reco", "ttbar_partons", "w_jet"]
 
 F64 = torch.float64
 
@@ -110,12 +110,12 @@ def jacobian_check(enc: torch.nn.Module, v: torch.Tensor, rows: int = 4) -> None
         assert torch.allclose(enc(v0)[1], ref + gauss, atol=1e-8, rtol=1e-10)
 
 
-def assert_normalised(enc: torch.nn.Module, n: int = 400_000, seed: int = 8, k: int = 2,
-                      pt0: float = 30.0, s_lpt: float = 0.8, s_eta: float = 2.5) -> None:
-    """∫ N(x(v); 0, 0.5²) exp(ladj(v)) dv = 1 over the 3k (pt, η, φ) of k massless partons, by
-    importance sampling from an independent proposal (log-normal p_T about ``pt0`` GeV of
-    width ``s_lpt``, normal η of width ``s_eta``, uniform φ): within 4σ of the MC error, which
-    must be below 0.03."""
+def importance_ratios(enc: torch.nn.Module, n: int, seed: int, k: int, pt0: float,
+                      s_lpt: float, s_eta: float) -> torch.Tensor:
+    """(n,) ratios N(x(v); 0, 0.5²) exp(ladj(v)) / g(v) for n draws v of k massless partons from
+    a proposal g independent of the encoding (log-normal p_T about ``pt0`` GeV of width
+    ``s_lpt``, normal η of width ``s_eta``, uniform φ): their mean estimates the encoded
+    density's integral over the 3k (pt, η, φ)."""
     g = torch.Generator().manual_seed(seed)
     lpt = math.log(pt0) + s_lpt * torch.randn(n, k, generator=g, dtype=F64)
     eta = s_eta * torch.randn(n, k, generator=g, dtype=F64)
@@ -128,7 +128,15 @@ def assert_normalised(enc: torch.nn.Module, n: int = 400_000, seed: int = 8, k: 
     x, ladj = enc(w)
     s = 0.5
     log_p = (-0.5 * (x / s) ** 2 - math.log(s * math.sqrt(2 * math.pi))).sum(-1) + ladj
-    r = torch.exp(log_p - log_g)
+    return torch.exp(log_p - log_g)
+
+
+def assert_normalised(enc: torch.nn.Module, n: int = 400_000, seed: int = 8, k: int = 2,
+                      pt0: float = 30.0, s_lpt: float = 0.8, s_eta: float = 2.5) -> None:
+    """∫ N(x(v); 0, 0.5²) exp(ladj(v)) dv = 1 over the 3k (pt, η, φ) of k massless partons, by
+    importance sampling (:func:`importance_ratios`): within 4σ of the MC error, which must be
+    below 0.03."""
+    r = importance_ratios(enc, n, seed, k, pt0, s_lpt, s_eta)
     mean, err = r.mean(), r.std() / math.sqrt(n)
     assert err < 0.03
     assert abs(float(mean) - 1.0) < 4 * float(err)
