@@ -477,7 +477,7 @@ class CINN(nn.Module):
         context = self.context(reco, mask)
         x = self.flow.sample_many(n, context)
         v = self.parton_encoding.inverse(x)
-        if getattr(self.parton_encoding, "redraws", False):
+        if self.parton_encoding.redraws:
             v = self._redraw(v, x, context)
         return v
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -123,6 +123,11 @@ def log_jacobian_fourvector(v: Tensor) -> Tensor:
 class StandardisedEncoding(nn.Module):
     r"""Base of the parton encodings: a subclass's ``_raw(v) -> (raw features, log|det|)``
     standardised with the ``mean``/``std`` buffers, sized by the ``free_mass`` (k,) buffer."""
+
+    #: True where decoding can give NaN partons (a draw outside the encoding's physical
+    #: region, e.g. :class:`~unfoldmem.flows.top_lepton.TopLeptonEncoding`):
+    #: :meth:`~unfoldmem.flows.cinn.CINN.sample_partons` then draws again
+    redraws: ClassVar[bool] = False
 
     def _raw(self, v: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

@@ -203,7 +203,7 @@ def export_model(model: nn.Module, out_dir: str | Path, fmt: str = "onnx",
                       "mask": "(batch, slots) bool", "z": f"(batch, {z.shape[1]}) {dtype}: N(0, 1)",
                       "partons": f"(batch, {net.parton_encoding.n_objects}, 4) float64: "
                       "pt GeV, eta, phi, m GeV"}
-            if getattr(net.parton_encoding, "redraws", False):
+            if net.parton_encoding.redraws:
                 shapes["partons"] += ("; NaN rows lie outside the physical region: draw a new "
                                       "z for them (CINN.sample_partons does)")
             dims = {"reco": {0: "batch", 1: "slots"}, "mask": {0: "batch", 1: "slots"},

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -78,8 +78,7 @@ class TopLeptonEncoding(ResonanceEncoding):
     atanh(β/π). Same number of features.
     """
 
-    #: decoding can give NaN partons (outside the physical region): sample_partons redraws
-    redraws = True
+    redraws: ClassVar[bool] = True
 
     def __init__(self, *args: Any, anchor: Sequence[int] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

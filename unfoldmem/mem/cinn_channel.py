@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from unfoldmem.flows.encoding import StandardisedEncoding
 from unfoldmem.mem.context import SamplingContext, draw_assignments, pick_log_prob
 
 __all__ = ["CINNChannel"]
@@ -33,7 +34,7 @@ class CINNChannel:
     """
 
     def __init__(self, model: Any, order: Sequence[int] | None = None) -> None:
-        if any(getattr(m, "redraws", False) for m in model.modules()):
+        if any(isinstance(m, StandardisedEncoding) and m.redraws for m in model.modules()):
             # its samples follow the flow restricted to a region whose probability the flow
             # does not know, so log_prob would not be the density they were drawn from
             msg = ("CINNChannel: this cINN's parton encoding redraws samples outside its "
