@@ -70,6 +70,8 @@ class ClosureConfig:
     retrain_epochs: int = 40
     plots: bool = False
     extra_unfold: tuple[str, ...] = field(default_factory=tuple)
+    #: further arguments of the iterative unfolding only (it has ``--sim``), e.g. ``--refine``
+    extra_iterative: tuple[str, ...] = field(default_factory=tuple)
     #: seeds of the data pseudo-experiments (generation seed; thinning seed + 1); one model,
     #: one reference and one held-out sample serve them all
     data_seeds: tuple[int, ...] = (DATA_SEED,)
@@ -167,7 +169,8 @@ def run_closure(work: Path, cfg: ClosureConfig | None = None) -> dict[str, Any]:
         sec[one] = time.perf_counter() - t
         t = time.perf_counter()
         res[it] = unfold(data, model, work / it, cfg.samples, *common, "--sim", sim,
-                         "--iterations", cfg.iterations, "--retrain-epochs", cfg.retrain_epochs)
+                         "--iterations", cfg.iterations, "--retrain-epochs", cfg.retrain_epochs,
+                         *cfg.extra_iterative)
         sec[it] = time.perf_counter() - t
     return analyse(work, res)
 

@@ -74,6 +74,25 @@ def test_fiducial_correction_and_iteration_with_sim(cli, files) -> None:
     assert s["observables"]["m_ll"]["phase_space"] == "fiducial"
 
 
+def test_refine_with_sim_in_one_pass_and_in_every_iteration(cli, files) -> None:
+    """--refine fits the refinement classifier on --sim: summary.json reports its fit and the
+    candidates' ESS/N of every unfolded event; with --iterations each iteration's unfolding of
+    the data is refined too (its record says so) and the output keeps n·N rows."""
+    d, mdir = files
+    r = cli("-q", "unfold", d / "data.root", "--model", mdir, "-n", "4", "-o", d / "out",
+            "--sim", d / "sim.root", "--refine", "--refine-oversample", "3", "--iterations", "1",
+            "--retrain-epochs", "1", "--no-plots", "--replicas", "5")
+    assert r.code == 0, r.err
+    s = json.loads((d / "out" / "summary.json").read_text())
+    ref = s["refinement"]
+    assert ref["oversample"] == 3 and ref["features"] > 0
+    assert ref["ess_per_candidate"]["event_member_blocks"] == s["events"]
+    assert 0 < ref["ess_per_candidate"]["min"] <= ref["ess_per_candidate"]["median"] <= 1
+    assert all(it["refinement"]["events"] > 0 for it in s["iterations"])
+    with uproot.open(d / "out" / "unfolded.root") as f:
+        assert f["Unfolded"].num_entries == s["events"] * 4
+
+
 def test_user_errors_are_one_line_and_leave_no_output(cli, files) -> None:
     """Missing model, wrong final state, missing --sim, existing output: exit 2, one line."""
     d, mdir = files
@@ -84,6 +103,9 @@ def test_user_errors_are_one_line_and_leave_no_output(cli, files) -> None:
     assert len(r.err.strip().splitlines()) == 1 and not (d / "o2").exists()
     r = cli("unfold", d / "data.root", "--model", mdir, "--phase-space", "full", "-o", d / "o3")
     assert r.code == 2 and "--sim" in r.err and not (d / "o3").exists()
+    r = cli("unfold", d / "data.root", "--model", mdir, "--refine", "-o", d / "o3")
+    assert r.code == 2 and "--refine needs the training simulation" in r.err
+    assert not (d / "o3").exists()
     (d / "o4").mkdir()
     r = cli("unfold", d / "data.root", "--model", mdir, "-o", d / "o4")
     assert r.code == 2 and "--overwrite" in r.err

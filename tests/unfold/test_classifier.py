@@ -110,6 +110,11 @@ def test_bad_inputs() -> None:
         train_classifier(
             EventFeatures(torch.zeros(3)), EventFeatures(torch.ones(3)), torch.zeros(3), None, FAST
         )
+    # one weight per event: a misaligned weight vector would silently train on wrong weights
+    with pytest.raises(ValueError, match=r"w0 must have one weight per event, shape \(3,\)"):
+        train_classifier(
+            EventFeatures(torch.zeros(3)), EventFeatures(torch.ones(3)), torch.ones(4), None, FAST
+        )
 
 
 def test_min_epochs_excludes_early_states() -> None:

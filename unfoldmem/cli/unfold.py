@@ -28,6 +28,13 @@ def unfold(
         help="What the unfolded data are compared with to reweight the simulation: truth (its "
         "partons) | unfolded (the network's unfolding of its detector events, robust to the "
         "network's own inaccuracy)."),
+    refine: bool = typer.Option(
+        False, "--refine/--no-refine",
+        help="Refine the posterior samples with a classifier fitted on the simulation (needs "
+        "--sim): the network's summed posterior of the simulation's events is reweighted to "
+        "their partons, per event by resampling (see docs/unfolding.md)."),
+    refine_oversample: int = typer.Option(4, "--refine-oversample", min=1,
+                                          help="Candidates drawn per kept sample when refining."),
     phase_space: str = typer.Option("reco", "--phase-space",
                                     help="reco (passing events, no correction) | fiducial | full (need --sim)."),
     branchmap: Path = typer.Option(None, "--branchmap", "-b", help="Branch-map card of the data file."),
@@ -50,7 +57,8 @@ def unfold(
 
     Example: ``unfoldmem unfold data.root --model models/cinn -n 100 -o out/``
     (add ``--sim sim.root --phase-space full`` for the efficiency correction,
-    ``--iterations 3 --sim sim.root`` for iterative prior removal,
+    ``--iterations 3 --sim sim.root`` for iterative prior removal, ``--refine --sim sim.root``
+    to correct the network's own error with a classifier fitted on the simulation,
     ``--truth truth.root`` for a closure test against an independent truth sample).
     """
     import awkward as ak
@@ -67,6 +75,7 @@ def unfold(
     from unfoldmem.unfold.cinn_unfold import unfold as run_unfold
     from unfoldmem.unfold.iterative import IterativeConfig, Simulation, iterate
     from unfoldmem.unfold.model_layout import ModelLayout, check_data, load_layout
+    from unfoldmem.unfold.refine import RefineConfig, fit_refinement
     from unfoldmem.unfold.report import (
         calibration,
         independent_truth,
@@ -85,8 +94,9 @@ def unfold(
     if iteration_reference not in references:
         msg = f"expected one of {', '.join(references)}, got {iteration_reference!r}"
         raise typer.BadParameter(msg, param_hint="--iteration-reference")
-    if (iterations > 0 or phase_space != "reco") and sim is None:
-        what = "--iterations" if iterations > 0 else f"--phase-space {phase_space}"
+    if (iterations > 0 or refine or phase_space != "reco") and sim is None:
+        what = ("--iterations" if iterations > 0 else "--refine" if refine
+                else f"--phase-space {phase_space}")
         msg = f"{what} needs the training simulation: pass --sim sim.root"
         raise typer.BadParameter(msg, param_hint="--sim")
     check_writable(output, overwrite)
@@ -122,21 +132,31 @@ def unfold(
         data_yield = float(np.sum(ak.to_numpy(events.weight).astype(np.float64)))
         independent = independent_truth(read_partons(truth), str(truth), layout.parton_pdg,
                                          data_yield, obs, phase_space, cuts)
+    refine_cfg = RefineConfig(oversample=refine_oversample, seed=seed) if refine else None
+    refinement = None
     with atomic_path(output, overwrite, directory=True) as tmp:
         if iterations > 0:
             assert simulation is not None
             res = iterate(net, loaded.card, events, simulation, layout, obs,
                           IterativeConfig(iterations=iterations, epochs=retrain_epochs, seed=seed,
-                                          reference=iteration_reference),
+                                          reference=iteration_reference, refine=refine_cfg),
                           quiet=quiet, device=device)
-            net, iter_summary = res.model, res.summary()
+            net, iter_summary, refinement = res.model, res.summary(), res.refinement
             # the final network, trained on the reweighted simulation, for reuse
             save_model(tmp / "model", net, loaded.card, loaded.meta.get("data_hash", ""),
                        n_events=len(simulation.events), extra_meta={"layout": layout.to_dict()})
+        if refine_cfg is not None and refinement is None:
+            assert simulation is not None
+            refinement = fit_refinement(
+                net, simulation.events, simulation.momenta()[simulation.pass_index],
+                simulation.weight[simulation.pass_index], layout, refine_cfg,
+                max_jets=enc.max_jets, max_leptons=enc.max_leptons, device=device, quiet=quiet)
+        if refinement is not None:
+            refinement.ess = []  # report the final unfolding's candidates only
         samples = run_unfold(net, events, layout, obs, n_samples, output=tmp / "unfolded.root",
                              cuts=cuts, members=members, max_jets=enc.max_jets,
                              max_leptons=enc.max_leptons, chunk_size=chunk_size, seed=seed,
-                             device=device, quiet=quiet)
+                             device=device, quiet=quiet, refine=refinement)
         effs = None
         if phase_space != "reco":
             assert simulation is not None
@@ -173,7 +193,8 @@ def unfold(
             "phase_space": phase_space, "fiducial_cuts": cuts.model_dump(),
             "unfolded_entries": samples.entries, "bootstrap_replicas": replicas, "seed": seed,
             "data_weights": weight_diagnostics(np.asarray(samples.weight)),
-            "truth_available": truth_hists is not None, "iterations": iter_summary, **extra,
+            "truth_available": truth_hists is not None, "iterations": iter_summary,
+            "refinement": refinement.diagnostics() if refinement is not None else None, **extra,
         }
         label = "truth (same events)" if truth is None else "truth (independent)"
         result = write_outputs(tmp, hists, truth_hists, effs, summary, plots=plots,

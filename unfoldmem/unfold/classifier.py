@@ -292,6 +292,10 @@ def train_classifier(
     torch.manual_seed(config.seed)
     w0 = torch.ones(len(x0), dtype=torch.float64) if w0 is None else torch.as_tensor(w0).double()
     w1 = torch.ones(len(x1), dtype=torch.float64) if w1 is None else torch.as_tensor(w1).double()
+    for name, w, x in (("w0", w0, x0), ("w1", w1, x1)):
+        if w.shape != (len(x),):
+            msg = f"{name} must have one weight per event, shape ({len(x)},), got {tuple(w.shape)}"
+            raise ValueError(msg)
     s0, s1 = float(w0.sum()), float(w1.sum())
     if not (s0 > 0 and s1 > 0 and math.isfinite(s0) and math.isfinite(s1)):
         msg = f"class weight sums must be finite and positive, got {s0} and {s1}"

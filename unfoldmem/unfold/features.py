@@ -14,16 +14,21 @@ All kinematics go through :mod:`unfoldmem.physics.lorentz`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import awkward as ak
 import numpy as np
 import torch
+from torch import Tensor, nn
 
+from unfoldmem.flows.model_dir import core_of
 from unfoldmem.io.partons import parton_arrays
 from unfoldmem.physics import lorentz
 from unfoldmem.physics.observables import evaluate, guess_process, observables_for
 from unfoldmem.unfold.classifier import EventFeatures
+
+if TYPE_CHECKING:
+    from unfoldmem.unfold.posterior import UnfoldedSamples
 
 __all__ = [
     "detector_features",
@@ -34,6 +39,8 @@ __all__ = [
     "RECO_PROCESSES",
     "omnifold_inputs",
     "lepton_fiducial",
+    "encoded_features",
+    "sample_features",
 ]
 
 #: processes whose observables can also be computed from reconstructed leptons (IBU's reco axis)
@@ -296,3 +303,22 @@ def lepton_fiducial(partons: ak.Array, pt_min: float = 20.0, eta_max: float = 2.
     lep = (pdg.abs() == 11) | (pdg.abs() == 13)
     good = (lorentz.pt(mom) > pt_min) & (lorentz.eta(mom).abs() < eta_max)
     return np.asarray((good | ~lep).all(-1))
+
+
+def encoded_features(model: nn.Module, momenta: Tensor) -> Tensor:
+    """Standardised parton features of a cINN's encoding, (..., k, 4) E,px,py,pz -> (..., D)
+    float32: the classifier inputs of the iterative reweighting and of the refinement.
+
+    ``model`` is a CINN or a Bayesian/ensemble wrapper of one (its encoding is shared).
+    """
+    x, _ = core_of(model).parton_encoding(lorentz.to_ptetaphim(momenta))
+    return x.float()
+
+
+def sample_features(model: nn.Module, samples: UnfoldedSamples, weight: np.ndarray
+                    ) -> tuple[Tensor, np.ndarray]:
+    """Features (N·n, D) of every posterior sample, sample-major, and each sample's weight
+    (N·n,): its event's ``weight`` (n,) / N, so that every event counts once."""
+    x = encoded_features(model, samples.momenta)
+    n = samples.n_samples
+    return x.reshape(-1, x.shape[-1]), np.repeat(weight[None] / n, n, 0).reshape(-1)

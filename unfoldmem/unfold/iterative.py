@@ -57,12 +57,13 @@ from unfoldmem.flows.encoding import pad_reco, parton_objects
 from unfoldmem.flows.model_dir import core_of
 from unfoldmem.flows.training import TrainResult, train
 from unfoldmem.io.partons import parton_arrays
-from unfoldmem.physics import lorentz
 from unfoldmem.physics.observables import Observable
 from unfoldmem.unfold.cinn_unfold import ObservableSamples, observe
 from unfoldmem.unfold.classifier import ClassifierConfig, EventFeatures, train_classifier
+from unfoldmem.unfold.features import encoded_features, sample_features
 from unfoldmem.unfold.model_layout import ModelLayout, parton_slots
 from unfoldmem.unfold.posterior import UnfoldedSamples, sample_posterior
+from unfoldmem.unfold.refine import RefineConfig, Refinement, fit_refinement
 from unfoldmem.unfold.uncertainty import UnfoldedHist
 from unfoldmem.weights import WeightDiagnosticsConfig, check_weights
 
@@ -91,6 +92,9 @@ class IterativeConfig(StrictModel):
         reference: class 0 of the classifier: ``"truth"``, the simulation's partons, or
             ``"unfolded"``, the current network's unfolding of the simulation's detector
             events (see the module docstring).
+        refine: refine every unfolding of the data (each iteration's and the final one) with
+            a classifier fitted on the simulation as the current network was trained on it
+            (:mod:`unfoldmem.unfold.refine`); None: no refinement.
     """
 
     iterations: int = Field(3, ge=0)
@@ -103,6 +107,7 @@ class IterativeConfig(StrictModel):
     weights: WeightDiagnosticsConfig = Field(default_factory=WeightDiagnosticsConfig)
     seed: int = 0
     reference: Literal["truth", "unfolded"] = "truth"
+    refine: RefineConfig | None = None
 
 
 @dataclass
@@ -183,24 +188,6 @@ def train_cinn(
     return model, result
 
 
-def _features(model: nn.Module, momenta: Tensor) -> Tensor:
-    """Standardised parton features of the cINN encoding, (..., k, 4) E,px,py,pz -> (..., D).
-
-    ``model`` is a CINN or a Bayesian/ensemble wrapper of one (its encoding is shared).
-    """
-    x, _ = core_of(model).parton_encoding(lorentz.to_ptetaphim(momenta))
-    return x.float()
-
-
-def _sample_features(model: nn.Module, samples: UnfoldedSamples, weight: np.ndarray
-                     ) -> tuple[Tensor, np.ndarray]:
-    """Features (N·n, D) of every posterior sample, sample-major, and each sample's weight
-    (N·n,): its event's ``weight`` (n,) / N, so that every event counts once."""
-    x = _features(model, samples.momenta)
-    n = samples.n_samples
-    return x.reshape(-1, x.shape[-1]), np.repeat(weight[None] / n, n, 0).reshape(-1)
-
-
 def movement(new: dict[str, UnfoldedHist], old: dict[str, UnfoldedHist]) -> dict[str, Any]:
     """How far an iteration moved each histogram: χ²/n against the new stat errors, max rel. change."""
     out = {}
@@ -227,6 +214,7 @@ class IterationRecord:
     classifier: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     movement: dict[str, Any] = field(default_factory=dict)
+    refinement: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -240,6 +228,8 @@ class IterativeResult:
         records: one :class:`IterationRecord` per iteration.
         histograms: per iteration (0 = one pass) the unfolded ``reco``-level histograms.
         samples: the unfolded samples of the last iteration's model (``samples`` per event).
+        refinement: the final model's refinement (``config.refine`` set), for the final
+            unfolding.
     """
 
     model: nn.Module
@@ -247,6 +237,7 @@ class IterativeResult:
     records: list[IterationRecord]
     histograms: list[dict[str, UnfoldedHist]]
     samples: ObservableSamples | None = None
+    refinement: Refinement | None = None
 
     def summary(self) -> list[dict[str, Any]]:
         """Plain-JSON list of the iteration records."""
@@ -303,8 +294,8 @@ def iterate(
         rec = IterationRecord(k)
         if prev is not None:
             # 2. classifier: unfolded data (1) vs the current simulation prior (0), passing events
-            x1, w1 = _sample_features(current, prev, prev.weight)
-            x0 = _features(current, mom_all[sim.pass_index])
+            x1, w1 = sample_features(current, prev, prev.weight)
+            x0 = encoded_features(current, mom_all[sim.pass_index])
             if config.reference == "unfolded":
                 # the simulation seen through the same network as the data
                 us = sample_posterior(current, sim.events, layout, config.samples,
@@ -313,7 +304,7 @@ def iterate(
                     msg = "iterative: the simulation's unfolding lost or reordered events"
                     raise RuntimeError(msg)
                 # sim.events are in the order of sim.pass_index, as the weights
-                x_ref, w_ref = _sample_features(current, us, w[sim.pass_index])
+                x_ref, w_ref = sample_features(current, us, w[sim.pass_index])
             else:
                 x_ref, w_ref = x0, w[sim.pass_index]
             clf = train_classifier(
@@ -348,8 +339,17 @@ def iterate(
                 device=device,
             )
             rec.training = {key: v for key, v in res.to_dict().items() if key != "history"}
-        # 1. unfold the data with the current model
-        prev = sample_posterior(current, data, layout, config.samples, seed=config.seed + k, **kw)
+        # 1. unfold the data with the current model (refined against the simulation as the
+        # model was trained on it: the classifier of step 2 then compares refined samples)
+        refinement = None
+        if config.refine is not None:
+            refinement = fit_refinement(
+                current, sim.events, mom_all[sim.pass_index], w[sim.pass_index], layout,
+                config.refine.model_copy(update={"seed": config.refine.seed + 3000 + k}), **kw)
+        prev = sample_posterior(current, data, layout, config.samples, seed=config.seed + k,
+                                refine=refinement, **kw)
+        if refinement is not None:
+            rec.refinement = refinement.diagnostics()
         samples = ObservableSamples(prev.event_id, prev.weight, observe(prev, observables), None)
         h = unfolded_histograms(samples, observables, "reco", seed=config.seed)
         if hists:
@@ -357,4 +357,4 @@ def iterate(
         hists.append(h)
         rec.seconds = time.perf_counter() - t0
         records.append(rec)
-    return IterativeResult(current, w, records, hists, samples)
+    return IterativeResult(current, w, records, hists, samples, refinement)

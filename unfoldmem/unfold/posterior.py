@@ -100,6 +100,7 @@ def iter_posterior(
     seed: int = 0,
     device: str | torch.device = "cpu",
     quiet: bool = False,
+    refine: Any | None = None,
 ) -> Iterator[UnfoldedSamples]:
     """Draw ``n_samples`` parton configurations per event, chunk by chunk (flat memory).
 
@@ -120,6 +121,8 @@ def iter_posterior(
         seed: torch seed of the sampling (the same seed gives the same samples).
         device: where the network runs.
         quiet: no progress bar.
+        refine: a :class:`~unfoldmem.unfold.refine.Refinement`: each member draws
+            ``refine.oversample`` times its share and keeps its share by ``refine.resample``.
 
     Yields:
         :class:`UnfoldedSamples` per chunk.
@@ -146,12 +149,17 @@ def iter_posterior(
                 chunk = events[start : start + chunk_size]
                 reco, mask = pad_reco(chunk, max_jets, max_leptons)
                 reco, mask = reco.to(device), mask.to(device)
-                v = torch.cat([net.sample_partons(per, reco, mask).cpu() for net in nets], 0)
+                k = refine.oversample if refine is not None else 1
+                pdg = event_pdg(layout, chunk)
+                parts = []
+                for net in nets:
+                    p = lorentz.from_ptetaphim(net.sample_partons(per * k, reco, mask).cpu().double())
+                    parts.append(p if refine is None else refine.resample(p, per, pdg))
                 yield UnfoldedSamples(
                     ak.to_numpy(chunk.event_id).astype(np.int64),
                     ak.to_numpy(chunk.weight).astype(np.float64),
-                    lorentz.from_ptetaphim(v.double()),
-                    event_pdg(layout, chunk),
+                    torch.cat(parts, 0),
+                    pdg,
                 )
                 progress.update(task, advance=len(chunk))
     finally:
