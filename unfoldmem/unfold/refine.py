@@ -41,7 +41,6 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from unfoldmem.cards.base import StrictModel
-from unfoldmem.flows.model_dir import core_of
 from unfoldmem.physics import lorentz
 from unfoldmem.physics.observables import guess_process, observables_for
 from unfoldmem.unfold.classifier import (
@@ -56,6 +55,8 @@ from unfoldmem.unfold.posterior import sample_posterior
 
 #: a feature whose standard deviation over the simulation's partons is below this is left out
 FIXED_STD = 1e-6
+#: the simulation counts as balanced (LO, Σp_T = 0) if no event's |Σp_T| exceeds this, GeV
+BALANCED_GEV = 1e-6
 
 __all__ = ["RefineConfig", "Refinement", "fit_refinement", "refine_features", "systematic_resample"]
 
@@ -78,16 +79,17 @@ class RefineConfig(StrictModel):
     seed: int = 0
 
 
-def refine_features(model: nn.Module, momenta: Tensor, pdg: Tensor, process: str) -> Tensor:
+def refine_features(model: nn.Module, momenta: Tensor, pdg: Tensor, process: str,
+                    balanced: bool = False) -> Tensor:
     """Classifier inputs of the refinement, (..., k, 4) E,px,py,pz GeV and PDG ids (k,) or
     (n, k) broadcast over the leading dimensions -> (..., D) float32: the cINN's own parton
     features (every coordinate it models) and the process's registered observables, the lab
-    quantities that are histogrammed (those in GeV as log(1 + x)). For an encoding whose
-    partons balance in p_T (``fixed_pt``: LO truth has Σp_T = 0, the network's samples a
-    Gaussian recoil of ~1 GeV) the observables are taken after the transverse boost that
-    removes the recoil, which would otherwise tell samples from truth at once."""
+    quantities that are histogrammed (those in GeV as log(1 + x)). ``balanced``: the truth
+    has Σp_T = 0 (LO), the network's samples a small recoil (the resonance encodings' ~1 GeV
+    Gaussian), which would tell samples from truth at once; the observables are then taken
+    after the transverse boost that removes it."""
     enc = encoded_features(model, momenta)
-    if getattr(core_of(model).parton_encoding, "fixed_pt", False):
+    if balanced:
         tot = momenta.sum(-2, keepdim=True)
         beta = torch.cat([-tot[..., 1:3] / tot[..., :1], torch.zeros_like(tot[..., :1])], -1)
         momenta = lorentz.boost(momenta, beta)
@@ -126,6 +128,7 @@ class Refinement:
     Attributes:
         model: the cINN whose encoding gives the classifier's features.
         process: the observables' process (:func:`refine_features`).
+        balanced: the simulation's partons have Σp_T = 0 (:func:`refine_features`).
         columns: (D,) bool, the features the classifier uses: those that vary over the
             simulation's partons (a quantity that the truth holds fixed, e.g. p_T(tt̄) = 0 at
             LO against the network's Gaussian recoil, would separate the classes trivially).
@@ -138,6 +141,7 @@ class Refinement:
 
     model: nn.Module
     process: str
+    balanced: bool
     columns: Tensor
     classifier: TrainedClassifier
     oversample: int
@@ -146,7 +150,8 @@ class Refinement:
 
     def ratio(self, momenta: Tensor, pdg: Tensor) -> Tensor:
         """r(p) (...,) of parton momenta (..., k, 4) E,px,py,pz GeV with PDG ids (k,)/(B, k)."""
-        x = refine_features(self.model, momenta, pdg, self.process)[..., self.columns]
+        x = refine_features(self.model, momenta, pdg, self.process, self.balanced)
+        x = x[..., self.columns]
         r, _ = self.classifier.likelihood_ratio(EventFeatures(x.reshape(-1, x.shape[-1])))
         return r.reshape(x.shape[:-1])
 
@@ -207,8 +212,11 @@ def fit_refinement(
                                **kwargs)
     process = layout.process or guess_process(list(layout.parton_pdg))
     w = torch.from_numpy(np.asarray(weight, dtype=np.float64))
-    x0 = refine_features(model, samples.momenta, samples.pdg, process)
-    x1 = refine_features(model, momenta.to(samples.momenta), samples.pdg, process)
+    truth = momenta.to(samples.momenta)
+    recoil = torch.linalg.vector_norm(truth[..., 1:3].sum(-2), dim=-1)
+    balanced = bool((recoil <= BALANCED_GEV).all())
+    x0 = refine_features(model, samples.momenta, samples.pdg, process, balanced)
+    x1 = refine_features(model, truth, samples.pdg, process, balanced)
     m = samples.n_samples  # fit_samples rounded down to a multiple of the members
     w0 = (w / m).expand(m, n).reshape(-1)
     cols = x1.std(0) > FIXED_STD
@@ -216,6 +224,7 @@ def fit_refinement(
                            EventFeatures(x1[:, cols]), w0, w, config.classifier)
     report = {"events": n, "fit_samples": m, "oversample": config.oversample,
               "features": int(cols.sum()), "features_fixed_in_truth": int((~cols).sum()),
+              "recoil_removed": balanced,
               "classifier_best_epoch": clf.history.get("best_epoch"),
               "classifier_val_loss": clf.history["val_loss"][-1]}
-    return Refinement(model, process, cols, clf, config.oversample, report)
+    return Refinement(model, process, balanced, cols, clf, config.oversample, report)
