@@ -70,8 +70,9 @@ class ClosureConfig:
     retrain_epochs: int = 40
     plots: bool = False
     extra_unfold: tuple[str, ...] = field(default_factory=tuple)
-    #: further arguments of the iterative unfolding only (it has ``--sim``), e.g. ``--refine``
-    extra_iterative: tuple[str, ...] = field(default_factory=tuple)
+    #: ``unfold --refine`` (classifier refinement fitted on the simulation) for the held-out,
+    #: one-pass and iterative unfoldings alike
+    refine: bool = True
     #: seeds of the data pseudo-experiments (generation seed; thinning seed + 1); one model,
     #: one reference and one held-out sample serve them all
     data_seeds: tuple[int, ...] = (DATA_SEED,)
@@ -159,18 +160,18 @@ def run_closure(work: Path, cfg: ClosureConfig | None = None) -> dict[str, Any]:
     common = (*plots, "--phase-space", "reco", *cfg.extra_unfold)
     res: dict[str, Any] = {"thinning": thin, "config": cfg.__dict__, "seconds": sec}
     t = time.perf_counter()
-    res["heldout"] = unfold(held, model, work / "heldout", cfg.samples, *common)
+    refine = ("--sim", sim, "--refine") if cfg.refine else ()
+    res["heldout"] = unfold(held, model, work / "heldout", cfg.samples, *common, *refine)
     sec["unfold_heldout"] = time.perf_counter() - t
     for seed in cfg.data_seeds:
         data = work / f"{_tag('data', seed)}.root"
         one, it = _tag("one_pass", seed), _tag("iterative", seed)
         t = time.perf_counter()
-        res[one] = unfold(data, model, work / one, cfg.samples, *common)
+        res[one] = unfold(data, model, work / one, cfg.samples, *common, *refine)
         sec[one] = time.perf_counter() - t
         t = time.perf_counter()
-        res[it] = unfold(data, model, work / it, cfg.samples, *common, "--sim", sim,
-                         "--iterations", cfg.iterations, "--retrain-epochs", cfg.retrain_epochs,
-                         *cfg.extra_iterative)
+        res[it] = unfold(data, model, work / it, cfg.samples, *common, *(refine or ("--sim", sim)),
+                         "--iterations", cfg.iterations, "--retrain-epochs", cfg.retrain_epochs)
         sec[it] = time.perf_counter() - t
     return analyse(work, res)
 
