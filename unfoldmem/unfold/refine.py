@@ -116,7 +116,8 @@ def systematic_resample(weight: Tensor, n: int) -> Tensor:
     c = torch.cumsum(w / torch.where(tot > 0, tot, 1.0), 0)
     c[-1] = 1.0  # rounding: the last candidate closes the interval
     u = (torch.rand(1, b, dtype=torch.float64) + torch.arange(n, dtype=torch.float64)[:, None]) / n
-    idx = torch.searchsorted(c.T.contiguous(), u.T.contiguous()).T.clamp(max=k - 1)
+    # candidate i owns [c_{i-1}, c_i): right=True skips zero-weight candidates even at u = 0
+    idx = torch.searchsorted(c.T.contiguous(), u.T.contiguous(), right=True).T.clamp(max=k - 1)
     fallback = (torch.arange(n)[:, None] % k).expand(n, b)
     return torch.where(empty[None], fallback, idx)
 
