@@ -25,6 +25,11 @@ the simulation are seen through the same inaccuracy, so the classifier learns ho
 differ rather than how the network errs, and the reweighting does not feed the network's
 error back into the prior.
 
+With ``refine`` (:mod:`unfoldmem.unfold.refine`) step 1 refines the samples with a classifier
+fitted on the simulation as the current network was trained on it (weights
+:math:`w^{(k-1)}`), so the classifier of step 2 compares refined samples: the network's own
+error is corrected before it can be fed back into the prior.
+
 How far each iteration moves is reported per observable as
 :math:`\chi^2_{\text{move}}/n = \frac1n\sum_i (h^{(k)}_i - h^{(k-1)}_i)^2/\sigma^2_{\text{stat},i}`
 and the largest relative change. Efficiencies for the acceptance correction use the original
@@ -207,7 +212,8 @@ def movement(new: dict[str, UnfoldedHist], old: dict[str, UnfoldedHist]) -> dict
 
 @dataclass
 class IterationRecord:
-    """One iteration: weight diagnostics, classifier and training summary, movement."""
+    """One iteration: weight diagnostics, classifier and training summary, movement, and the
+    refinement of its unfolding (``IterativeConfig.refine``)."""
 
     iteration: int
     weights: dict[str, Any] = field(default_factory=dict)
