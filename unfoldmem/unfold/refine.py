@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from unfoldmem.cards.base import StrictModel
 from unfoldmem.physics import lorentz
-from unfoldmem.physics.observables import guess_process, observables_for
+from unfoldmem.physics.observables import evaluate, guess_process, observables_for
 from unfoldmem.unfold.classifier import (
     ClassifierConfig,
     EventFeatures,
@@ -93,15 +93,10 @@ def refine_features(model: nn.Module, momenta: Tensor, pdg: Tensor, process: str
         tot = momenta.sum(-2, keepdim=True)
         beta = torch.cat([-tot[..., 1:3] / tot[..., :1], torch.zeros_like(tot[..., :1])], -1)
         momenta = lorentz.boost(momenta, beta)
-    lead, k = momenta.shape[:-2], momenta.shape[-2]
-    flat = momenta.reshape(-1, k, 4)
-    ids = torch.as_tensor(pdg).long().expand(*lead, k).reshape(-1, k)
-    cols = []
-    for o in observables_for(process):
-        v = o(flat, ids)
-        cols.append(torch.log1p(v.clamp_min(0.0)) if "GeV" in o.label else v)
-    obs = torch.nan_to_num(torch.stack(cols, -1).float()).reshape(*lead, -1)
-    return torch.cat([enc, obs], -1)
+    vals = evaluate(process, momenta, pdg)
+    cols = [torch.log1p(vals[o.name].clamp_min(0.0)) if "GeV" in o.label else vals[o.name]
+            for o in observables_for(process)]
+    return torch.cat([enc, torch.nan_to_num(torch.stack(cols, -1).float())], -1)
 
 
 def systematic_resample(weight: Tensor, n: int) -> Tensor:
