@@ -170,8 +170,8 @@ def test_gg_to_ttbar_vs_combridge() -> None:
 
 @pytest.mark.parametrize("quark", [1, 2, 4])
 def test_drell_yan_vs_helicity_formula(quark: int) -> None:
-    r"""|M|²(q q̄ → γ*/Z → ℓ⁻ℓ⁺) = (1/12)·4[(|A_LL|²+|A_RR|²)u² + (|A_LR|²+|A_RL|²)t²] with
-    A_ij = e²Q_qQ_ℓ/s + g^q_i g^ℓ_j/(s − M_Z² + iM_ZΓ_Z): Ellis–Stirling–Webber eq. (9.9)."""
+    r"""HELAS diagrams: |M|²(q q̄ → γ*/Z → ℓ⁻ℓ⁺) = (1/12)·4[(|A_LL|²+|A_RR|²)u² + (|A_LR|²+|A_RL|²)t²]
+    with A_ij = e²Q_qQ_ℓ/s + g^q_i g^ℓ_j/(s − M_Z² + iM_ZΓ_Z): Ellis–Stirling–Webber eq. (9.9)."""
     proc, theta, p_in, p_out, s = _two_to_two("drell_yan", 32, 7, 40.0**2, 400.0**2)
     t, u = _mdot(p_in[:, 0] - p_out[:, 0], p_in[:, 0] - p_out[:, 0]), _mdot(p_in[:, 0] - p_out[:, 1], p_in[:, 0] - p_out[:, 1])
     alpha, mz, gz = proc.alpha, theta["m_z"], theta["gamma_z"]
@@ -181,8 +181,24 @@ def test_drell_yan_vs_helicity_formula(quark: int) -> None:
            for i in (0, 1) for j in (0, 1)}
     a2 = {k: v.real**2 + v.imag**2 for k, v in amp.items()}
     ref = ((a2[0, 0] + a2[1, 1]) * u**2 + (a2[0, 1] + a2[1, 0]) * t**2) / 3
-    torch.testing.assert_close(proc.matrix_element_squared(p_in, p_out, theta, (quark, -quark)), ref, rtol=1e-10, atol=0)
-    torch.testing.assert_close(proc.matrix_element_squared(p_in.flip(1), p_out, theta, (-quark, quark)), ref, rtol=1e-10, atol=0)
+    torch.testing.assert_close(proc.helas_matrix_element_squared(p_in, p_out, theta, (quark, -quark)), ref, rtol=1e-10, atol=0)
+    torch.testing.assert_close(proc.helas_matrix_element_squared(p_in.flip(1), p_out, theta, (-quark, quark)), ref, rtol=1e-10, atol=0)
+
+
+def test_drell_yan_closed_form_equals_helas() -> None:
+    """The closed form the MEM evaluates equals the two HELAS diagrams for every channel, on and
+    off the Z peak, through matrix_elements_by_channel too, and so do its θ gradients."""
+    proc, theta, p_in, p_out, _ = _two_to_two("drell_yan", 64, 11, 20.0**2, 1000.0**2)
+    by = proc.matrix_elements_by_channel(p_in, p_out, theta)
+    for k, ch in enumerate(proc.channels):  # p_in in beam order, as the hadronic integrand has it
+        ref = proc.helas_matrix_element_squared(p_in, p_out, theta, ch)
+        torch.testing.assert_close(proc.matrix_element_squared(p_in, p_out, theta, ch), ref, rtol=1e-12, atol=0)
+        torch.testing.assert_close(by[:, k], ref, rtol=1e-12, atol=0)
+    for name in ("m_z", "gamma_z", "sin2w"):
+        x = theta[name].clone().requires_grad_(True)
+        g_closed, g_helas = (torch.autograd.grad(f(p_in, p_out, {**theta, name: x}, (2, -2)).sum(), x)[0]
+                             for f in (proc.matrix_element_squared, proc.helas_matrix_element_squared))
+        torch.testing.assert_close(g_closed, g_helas, rtol=1e-10, atol=0)
 
 
 def test_w_lnu_vs_analytic() -> None:
