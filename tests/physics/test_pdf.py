@@ -195,6 +195,38 @@ def test_logcubic_reproduces_quadratics(synthetic_set: Path) -> None:
     assert torch.equal(pdf.xfx(0, x, q), pdf.xfx(21, x, q))
 
 
+@pytest.mark.parametrize("q", [1.0, 2.6, 30.0, 700.0, 5000.0])
+def test_fixed_scale_flavours_equal_xfx(synthetic_set: Path, q: float) -> None:
+    """``xfx_flavours_at_scale`` (the ln Q² step applied once to the knots, as the MEM does at a
+    fixed μ_F) equals one ``xfx`` call per flavour to rounding, below, inside and above the
+    grid and on both Q subgrids (a flavour absent from the set gives 0), and away from the edges
+    it reproduces the tabulated quadratic exactly like ``xfx`` does."""
+    pdf = P.load_pdf("TOY")
+    gen = torch.Generator().manual_seed(6)
+    x = torch.exp(torch.empty(2000, dtype=torch.float64).uniform_(math.log(1e-7), 0.0, generator=gen))
+    pids = (-1, 21, 1, 2, 5)
+    got = pdf.xfx_flavours_at_scale(pids, x.view(40, 50), q)
+    assert got.shape == (5, 40, 50)
+    for k, pid in enumerate(pids):
+        torch.testing.assert_close(got[k].reshape(-1), pdf.xfx(pid, x, q), rtol=1e-12, atol=1e-14)
+    assert (got[4] == 0).all()
+    if q == 30.0:
+        inner = (x > 3e-5) & (x < 0.3)
+        for k in range(4):
+            torch.testing.assert_close(got[k].reshape(-1)[inner], (k + 1) * _quad(x[inner], torch.full_like(x[inner], q)),
+                                       rtol=1e-10, atol=0)
+
+
+def test_fixed_scale_flavours_on_the_real_set() -> None:
+    """The same on the shipped NNPDF grid at the cards' scales and at its subgrid boundary."""
+    pdf = P.load_pdf(SET)
+    x = torch.exp(torch.linspace(math.log(1e-9), 0.0, 3001, dtype=torch.float64))
+    pids = [-5, -4, -3, -2, -1, 21, 1, 2, 3, 4, 5]
+    for q in (1.65, 4.92, 91.1876, 172.5, 1e5):
+        torch.testing.assert_close(pdf.xfx_flavours_at_scale(pids, x, q),
+                                   pdf.xfx_flavours(pids, x, q), rtol=1e-12, atol=1e-12)
+
+
 def test_extrapolation_freezes_and_grad(synthetic_set: Path) -> None:
     """Outside the grid the value is that of the nearest grid point; inside, d(xf)/dx from
     autograd matches finite differences (gradcheck)."""

