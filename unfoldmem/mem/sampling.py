@@ -79,6 +79,9 @@ _TWO_PI = 2 * math.pi
 #: slowest one, a chunk's smooth events (Drell–Yan) drew ~2× the samples their ESS/N needed;
 #: the slower events simply go on in the next round (each round stays unbiased).
 ROUND_QUANTILE = 0.5
+#: Rounds an event whose error reached the target goes on sampling while its last round's
+#: weights have Pareto k̂ > 0.7 (each at most doubling its samples); it is then reported.
+TAIL_ROUNDS = 2
 
 
 @dataclass
@@ -94,8 +97,9 @@ class ISResult:
         flag: (B,) int32 (:data:`unfoldmem.mem.integrand.FLAGS`).
         log_p_perm: (B, K, P) per-assignment log integrals, or None; −inf for padding.
         channel_share: (B, C) fraction of Σ weights from each channel.
-        pareto_k: (B, K) shape k̂ of the weights' upper tail (:mod:`unfoldmem.pareto`);
-            above 0.7 ``log_p_err`` is not to be trusted (NaN: too few weights for a fit).
+        pareto_k: (B, K) shape k̂ of the upper tail of the weights of the event's last round
+            (:mod:`unfoldmem.pareto`; each round has its own proposal); above 0.7
+            ``log_p_err`` is not to be trusted (NaN: too few weights for a fit).
     """
 
     log_p: Tensor
@@ -212,10 +216,12 @@ def importance_sample(
         ulaw = UniformLaw(b, 3 * integrand.n, nv)
     flag = prep["flag"].clone()
     active = flag == FLAG_OK
+    held = torch.zeros(b, dtype=torch.long)  # rounds each event went on for a heavy tail
     n_round = n_start
     total = 0
     while bool(active.any()) and total < n_max:
         rows = active.nonzero()[:, 0]
+        acc.new_round(rows)
         ctx = ctx_all.subset(rows)
         per_chunk = max(1, batch_limit // max(1, len(rows) * integrand.n * 8))
         for c, n_c in enumerate(_allocate(n_round, alphas_t)):
@@ -267,10 +273,14 @@ def importance_sample(
         rel = torch.sqrt(res["var"][rows]) / t1
         reached = (t1 > 0).all(-1) & (rel <= precision).all(-1)
         if bool(reached.any()):
-            # A small error is believed only if the weights' tail has a finite variance:
-            # heavy-tailed events go on sampling (PSIS diagnostic, unfoldmem.pareto).
+            # A small error is believed only if the round's weights have a finite-variance
+            # tail (PSIS diagnostic, unfoldmem.pareto); a heavy-tailed event samples on for at
+            # most TAIL_ROUNDS more rounds, since more samples cannot make an infinite
+            # variance finite, and k̂ also exceeds 0.7 on bounded but skewed weights.
             cand = rows[reached]
-            reached[reached.clone()] = ~(acc.pareto_k(cand) > K_RELIABLE).any(-1)
+            heavy = (acc.pareto_k(cand) > K_RELIABLE).any(-1)
+            held[cand[heavy]] += 1
+            reached[reached.clone()] = ~heavy | (held[cand] > TAIL_ROUNDS)
         zero = (t1 <= 0).all(-1) & (total >= 4 * n_start)
         flag[rows[zero]] = FLAG_ZERO_INTEGRAL
         active[rows[reached | zero]] = False
