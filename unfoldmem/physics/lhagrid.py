@@ -168,26 +168,39 @@ def _hermite_basis(t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + t, -2 * t3 + 3 * t2, t3 - t2
 
 
+def _x_step(logx_knots: Tensor, logx: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """The ln x interval of each point: knot index ix, its width and the Hermite basis there."""
+    nx = logx_knots.numel()
+    ix = (torch.searchsorted(logx_knots, logx.contiguous(), right=True) - 1).clamp(0, nx - 2)
+    dlx = logx_knots[ix + 1] - logx_knots[ix]
+    return ix, dlx, _hermite_basis((logx - logx_knots[ix]) / dlx)
+
+
+def _q_step(logq2_knots: Tensor, logq2: Tensor) -> tuple[Tensor, ...]:
+    """The ln Q² interval of each point and what :func:`_along_q` needs there: knot index iq,
+    width dq1, first/last-interval flags, the neighbours' spacings (1 at the edges) and the
+    Hermite basis."""
+    nq = logq2_knots.numel()
+    iq = (torch.searchsorted(logq2_knots, logq2.contiguous(), right=True) - 1).clamp(0, nq - 2)
+    lq0, lq1 = logq2_knots[iq], logq2_knots[iq + 1]
+    dq1 = lq1 - lq0
+    dq0 = lq0 - logq2_knots[(iq - 1).clamp(min=0)]
+    dq2 = logq2_knots[(iq + 2).clamp(max=nq - 1)] - lq1
+    first, last = iq == 0, iq == nq - 2
+    den0, den2 = torch.where(first, 1.0, dq0), torch.where(last, 1.0, dq2)
+    return iq, dq1, first, last, den0, den2, _hermite_basis((logq2 - lq0) / dq1)
+
+
 def plan_subgrid(g: Subgrid, logx: Tensor, logq2: Tensor) -> tuple[Any, ...]:
     """Everything of :func:`eval_subgrid` that does not depend on the flavour (knot indices,
     Hermite coefficients, Q spacings), so a plan serves all flavours at the same (x, Q)."""
-    nx, nq = g.logx.numel(), g.logq2.numel()
-    ix = (torch.searchsorted(g.logx, logx.contiguous(), right=True) - 1).clamp(0, nx - 2)
-    iq = (torch.searchsorted(g.logq2, logq2.contiguous(), right=True) - 1).clamp(0, nq - 2)
-    dlx = g.logx[ix + 1] - g.logx[ix]
-    tx = (logx - g.logx[ix]) / dlx
-    cx = _hermite_basis(tx)
-    lq0, lq1 = g.logq2[iq], g.logq2[iq + 1]
-    dq1 = lq1 - lq0
+    nq = g.logq2.numel()
+    ix, dlx, cx = _x_step(g.logx, logx)
+    iq, dq1, first, last, den0, den2, cq = _q_step(g.logq2, logq2)
     knots = []
     for j in (iq - 1, iq, iq + 1, iq + 2):
         j = j.clamp(0, nq - 1)
         knots.append((ix * nq + j, (ix + 1) * nq + j))
-    dq0 = lq0 - g.logq2[(iq - 1).clamp(min=0)]
-    dq2 = g.logq2[(iq + 2).clamp(max=nq - 1)] - lq1
-    first, last = iq == 0, iq == nq - 2
-    den0, den2 = torch.where(first, 1.0, dq0), torch.where(last, 1.0, dq2)
-    cq = _hermite_basis((logq2 - lq0) / dq1)
     return dlx, cx, knots, dq1, first, last, den0, den2, cq
 
 
@@ -226,13 +239,17 @@ def eval_plan_columns(cols: Tensor, dcols: Tensor, plan: tuple[Any, ...]) -> Ten
     dlx, a0, a1, a2, a3 = (t[:, None] for t in (dlx, a0, a1, a2, a3))
     dq1, first, last, den0, den2 = (t[:, None] for t in (dq1, first, last, den0, den2))
     b = tuple(t[:, None] for t in (b0, b1, b2, b3))
+    return _along_q([_along_x(cols, dcols, lo, hi, dlx, (a0, a1, a2, a3)) for lo, hi in knots],
+                    dq1, first, last, den0, den2, b)
 
-    def at_q(lo: Tensor, hi: Tensor) -> Tensor:
-        v0, v1 = cols.index_select(0, lo), cols.index_select(0, hi)
-        d0, d1 = dcols.index_select(0, lo) * dlx, dcols.index_select(0, hi) * dlx
-        return a0 * v0 + a1 * d0 + a2 * v1 + a3 * d1
 
-    return _along_q([at_q(lo, hi) for lo, hi in knots], dq1, first, last, den0, den2, b)
+def _along_x(cols: Tensor, dcols: Tensor, lo: Tensor, hi: Tensor, dlx: Tensor,
+             a: tuple[Tensor, ...]) -> Tensor:
+    """The cubic Hermite step in ln x on knot-major columns (K, F) between knots lo and hi
+    (N,), with the interval widths dlx and basis ``a`` (N, 1) each: (N, F)."""
+    v0, v1 = cols.index_select(0, lo), cols.index_select(0, hi)
+    d0, d1 = dcols.index_select(0, lo) * dlx, dcols.index_select(0, hi) * dlx
+    return a[0] * v0 + a[1] * d0 + a[2] * v1 + a[3] * d1
 
 
 def fixed_q_columns(g: Subgrid, logq2: float, cols: Tensor) -> tuple[Tensor, Tensor]:
@@ -242,13 +259,7 @@ def fixed_q_columns(g: Subgrid, logq2: float, cols: Tensor) -> tuple[Tensor, Ten
     ln x (:func:`eval_fixed_q`) equals it at that Q to rounding. Needs ≥ 4 Q knots."""
     nx, nq = g.logx.numel(), g.logq2.numel()
     lq = torch.tensor([logq2], dtype=g.logq2.dtype, device=g.logq2.device)
-    iq = (torch.searchsorted(g.logq2, lq, right=True) - 1).clamp(0, nq - 2)
-    lq0, lq1 = g.logq2[iq], g.logq2[iq + 1]
-    dq1 = lq1 - lq0
-    first, last = iq == 0, iq == nq - 2
-    den0 = torch.where(first, 1.0, lq0 - g.logq2[(iq - 1).clamp(min=0)])
-    den2 = torch.where(last, 1.0, g.logq2[(iq + 2).clamp(max=nq - 1)] - lq1)
-    b = _hermite_basis((lq - lq0) / dq1)
+    iq, dq1, first, last, den0, den2, b = _q_step(g.logq2, lq)
     unit = torch.eye(4, dtype=g.xf.dtype, device=g.xf.device)[:, :, None]  # (4 knots, 4, 1)
     coef = [_along_q(list(unit[k]), dq1, first, last, den0, den2, b) for k in range(4)]
     xf = g.xf.index_select(0, cols).view(-1, nx, nq)
@@ -265,13 +276,8 @@ def fixed_q_columns(g: Subgrid, logq2: float, cols: Tensor) -> tuple[Tensor, Ten
 def eval_fixed_q(logx_knots: Tensor, v: Tensor, d: Tensor, logx: Tensor) -> Tensor:
     """(N,) ln x -> (N, F): LHAPDF's cubic Hermite step in ln x on the columns of
     :func:`fixed_q_columns` (one step per point instead of four and the ln Q² one)."""
-    nx = logx_knots.numel()
-    ix = (torch.searchsorted(logx_knots, logx.contiguous(), right=True) - 1).clamp(0, nx - 2)
-    dlx = logx_knots[ix + 1] - logx_knots[ix]
-    a0, a1, a2, a3 = (t[:, None] for t in _hermite_basis((logx - logx_knots[ix]) / dlx))
-    dlx = dlx[:, None]
-    return (a0 * v.index_select(0, ix) + a1 * (d.index_select(0, ix) * dlx)
-            + a2 * v.index_select(0, ix + 1) + a3 * (d.index_select(0, ix + 1) * dlx))
+    ix, dlx, a = _x_step(logx_knots, logx)
+    return _along_x(v, d, ix, ix + 1, dlx[:, None], tuple(t[:, None] for t in a))
 
 
 def _lagrange4(t: Tensor, knots: Tensor, start: Tensor) -> Tensor:
