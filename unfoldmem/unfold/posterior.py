@@ -133,6 +133,7 @@ def iter_posterior(
     torch.manual_seed(seed)
     nets = [m.to(device).eval() for m in members_of(model, members)]
     per = max(n_samples // len(nets), 1)
+    k = refine.oversample if refine is not None else 1  # candidates drawn per kept sample
     n = len(events)
     progress = Progress(
         TextColumn("unfold"),
@@ -149,7 +150,6 @@ def iter_posterior(
                 chunk = events[start : start + chunk_size]
                 reco, mask = pad_reco(chunk, max_jets, max_leptons)
                 reco, mask = reco.to(device), mask.to(device)
-                k = refine.oversample if refine is not None else 1
                 pdg = event_pdg(layout, chunk)
                 parts = []
                 for net in nets:
