@@ -62,23 +62,40 @@ class DrellYan(Process):
         self.alpha = alpha
         self.channels = tuple(c for q in _QUARKS for c in ((q, -q), (-q, q)))
 
-    def matrix_element_squared(
-        self, p_in: Tensor, p_out: Tensor, theta: Mapping[str, Tensor], channel: tuple[int, int]
-    ) -> Tensor:
-        """|M|² averaged over 4 spins and 9 colours; p_in (N,2,4) ordered as ``channel``
-        (closed form, see the module doc)."""
-        return self._me2_closed(p_in, p_out, theta, channel)
-
     def helas_matrix_element_squared(
         self, p_in: Tensor, p_out: Tensor, theta: Mapping[str, Tensor], channel: tuple[int, int]
     ) -> Tensor:
         """:meth:`matrix_element_squared` from the two HELAS diagrams (spinors, currents,
         vertices): the diagram-level reference of the closed form."""
-        return self._me2(p_in, p_out, theta, channel, {})
+        iq = 0 if channel[0] > 0 else 1
+        q = abs(channel[0])
+        pq, pqb = p_in[:, iq], p_in[:, 1 - iq]
+        pl, pa = p_out[:, 0], p_out[:, 1]
+        k = pq + pqb
+        e = math.sqrt(4 * math.pi * self.alpha)
+        gl_q, gr_q = z_couplings(q, self.alpha, theta["sin2w"])
+        gl_l, gr_l = z_couplings(13, self.alpha, theta["sin2w"])
+        eq, el = e * charge(q), e * charge(13)
+        leptons = {hl: (h.spinor_ubar(pl, 0.0, hl), h.spinor_v(pa, 0.0, -hl)) for hl in (1, -1)}
+        total = torch.zeros(p_in.shape[0], dtype=torch.float64)
+        # massless fermions: only opposite-helicity q q̄ (and ℓ⁻ℓ⁺) pairs couple to vectors
+        for hq in (1, -1):
+            u, vb = h.spinor_u(pq, 0.0, hq), h.spinor_vbar(pqb, 0.0, -hq)
+            v_gam = h.vector_offshell(vb, u, eq, eq, k, 0.0, 0.0)
+            v_z = h.vector_offshell(vb, u, gl_q, gr_q, k, theta["m_z"], theta["gamma_z"])
+            for hl in (1, -1):
+                ub, v = leptons[hl]
+                amp = h.ffv_amplitude(ub, v, v_gam, el, el) + h.ffv_amplitude(
+                    ub, v, v_z, gl_l, gr_l
+                )
+                total = total + amp.real**2 + amp.imag**2
+        return total / (4.0 * NC)
 
-    def _me2_closed(self, p_in: Tensor, p_out: Tensor, theta: Mapping[str, Tensor],
-                    channel: tuple[int, int]) -> Tensor:
-        """|M|² of one channel from the helicity amplitudes A_ij (module doc); (N,)."""
+    def matrix_element_squared(
+        self, p_in: Tensor, p_out: Tensor, theta: Mapping[str, Tensor], channel: tuple[int, int]
+    ) -> Tensor:
+        """|M|² averaged over 4 spins and 9 colours, (N,); p_in (N,2,4) ordered as ``channel``
+        (closed form from the helicity amplitudes A_ij, see the module doc)."""
         iq = 0 if channel[0] > 0 else 1
         q = abs(channel[0])
         pq, pqb = p_in[:, iq], p_in[:, 1 - iq]
@@ -97,38 +114,6 @@ class DrellYan(Process):
         # Σ_spins |M|² = 4 Σ_ij |A_ij|² (u² or t²); averaged over 4 spins, summed/averaged colour
         return ((a2[0][0] + a2[1][1]) * u**2 + (a2[0][1] + a2[1][0]) * t**2) / NC
 
-    def _me2(self, p_in: Tensor, p_out: Tensor, theta: Mapping[str, Tensor],
-             channel: tuple[int, int], spinors: dict[tuple[str, int, int], tuple[Tensor, Tensor]],
-             ) -> Tensor:
-        """|M|² of one channel; ``spinors`` caches the external wavefunctions between channels
-        of the same momenta (the same operations either way, so the results are identical)."""
-        iq = 0 if channel[0] > 0 else 1
-        q = abs(channel[0])
-        pq, pqb = p_in[:, iq], p_in[:, 1 - iq]
-        pl, pa = p_out[:, 0], p_out[:, 1]
-        k = pq + pqb
-        e = math.sqrt(4 * math.pi * self.alpha)
-        gl_q, gr_q = z_couplings(q, self.alpha, theta["sin2w"])
-        gl_l, gr_l = z_couplings(13, self.alpha, theta["sin2w"])
-        eq, el = e * charge(q), e * charge(13)
-        total = torch.zeros(p_in.shape[0], dtype=torch.float64)
-        # massless fermions: only opposite-helicity q q̄ (and ℓ⁻ℓ⁺) pairs couple to vectors
-        for hq in (1, -1):
-            if ("q", iq, hq) not in spinors:
-                spinors["q", iq, hq] = (h.spinor_u(pq, 0.0, hq), h.spinor_vbar(pqb, 0.0, -hq))
-            u, vb = spinors["q", iq, hq]
-            v_gam = h.vector_offshell(vb, u, eq, eq, k, 0.0, 0.0)
-            v_z = h.vector_offshell(vb, u, gl_q, gr_q, k, theta["m_z"], theta["gamma_z"])
-            for hl in (1, -1):
-                if ("l", 0, hl) not in spinors:
-                    spinors["l", 0, hl] = (h.spinor_ubar(pl, 0.0, hl), h.spinor_v(pa, 0.0, -hl))
-                ub, v = spinors["l", 0, hl]
-                amp = h.ffv_amplitude(ub, v, v_gam, el, el) + h.ffv_amplitude(
-                    ub, v, v_z, gl_l, gr_l
-                )
-                total = total + amp.real**2 + amp.imag**2
-        return total / (4.0 * NC)
-
     def matrix_elements_by_channel(
         self, p_in: Tensor, p_out: Tensor, theta: Mapping[str, Tensor]
     ) -> Tensor:
@@ -139,7 +124,7 @@ class DrellYan(Process):
         for c in self.channels:
             key = (abs(c[0]) % 2, c[0] > 0)  # d, s, b and u, c have equal couplings
             if key not in done:
-                done[key] = self._me2_closed(p_in, p_out, theta, c)
+                done[key] = self.matrix_element_squared(p_in, p_out, theta, c)
             cols.append(done[key])
         return torch.stack(cols, -1)
 
