@@ -54,6 +54,13 @@ PIDS = (-5, -4, -3, -2, -1, 21, 1, 2, 3, 4, 5)
 _PLAN_CACHE_MAX_POINTS = 1 << 20
 
 
+def _lhapdf_subgrid(grids: Sequence[Subgrid], logq2: Tensor) -> Tensor:
+    """Index (N,) of the subgrid holding each ln Q² (N,) (inside the grid's range); LHAPDF: a Q
+    on a subgrid boundary belongs to the upper subgrid."""
+    edges = torch.stack([g.logq2[0] for g in grids])
+    return (torch.searchsorted(edges, logq2.contiguous(), right=True) - 1).clamp(0, len(grids) - 1)
+
+
 class GridPDF:
     """One member of an LHAPDF6 ``lhagrid1`` set: batched :math:`x f(x, Q)` and αs(Q) in torch.
 
@@ -152,16 +159,14 @@ class GridPDF:
         flat_x, flat_q, flat_c = logx.reshape(-1), logq2.reshape(-1), cols.reshape(-1)
         flat = out.reshape(-1)
         if self.interpolation == "logcubic":
-            # LHAPDF: a Q on a subgrid boundary belongs to the upper subgrid.
-            edges = torch.stack([g.logq2[0] for g in grids])
-            which = torch.searchsorted(edges, flat_q.contiguous(), right=True) - 1
+            which = _lhapdf_subgrid(grids, flat_q)
             evaluate = eval_subgrid
         else:
-            # Pythia: to the lower one; x >= x_max gives 0.
+            # Pythia: a Q on a subgrid boundary belongs to the lower one; x >= x_max gives 0.
             edges = torch.stack([g.logq2[-1] for g in grids])
             which = torch.searchsorted(edges, flat_q.contiguous(), right=False)
+            which = which.clamp(0, len(grids) - 1)
             evaluate = eval_subgrid_pythia
-        which = which.clamp(0, len(grids) - 1)
         for k, g in enumerate(grids):
             sel = (which == k).nonzero().squeeze(-1)
             if sel.numel():
@@ -202,10 +207,7 @@ class GridPDF:
         logx = torch.log(x.clamp(self.x_min, self.x_max))
         logq2 = torch.log(q * q).clamp(grids[0].logq2[0], grids[-1].logq2[-1])
         flat_x, flat_q = logx.reshape(-1), logq2.reshape(-1)
-        # LHAPDF: a Q on a subgrid boundary belongs to the upper subgrid.
-        edges = torch.stack([g.logq2[0] for g in grids])
-        which = torch.searchsorted(edges, flat_q.contiguous(), right=True) - 1
-        which = which.clamp(0, len(grids) - 1)
+        which = _lhapdf_subgrid(grids, flat_q)
         parts = []
         for k, g in enumerate(grids):
             sel = (which == k).nonzero().squeeze(-1)
@@ -283,14 +285,13 @@ class GridPDF:
         if self.interpolation != "logcubic":
             return None
         grids = self._grids(device)
-        logq2 = min(max(math.log(q * q), float(grids[0].logq2[0])), float(grids[-1].logq2[-1]))
-        # LHAPDF: a Q on a subgrid boundary belongs to the upper subgrid.
-        k = max(i for i, g in enumerate(grids) if i == 0 or float(g.logq2[0]) <= logq2)
-        g = grids[k]
+        logq2 = torch.tensor([math.log(q * q)], dtype=torch.float64, device=device)
+        logq2 = logq2.clamp(grids[0].logq2[0], grids[-1].logq2[-1])
+        g = grids[int(_lhapdf_subgrid(grids, logq2)[0])]
         if g.logq2.numel() < 4:
             return None
         cols = torch.tensor([self._col.get(p, len(self.flavours)) for p in pids], device=device)
-        return (g.logx, *fixed_q_columns(g, logq2, cols))
+        return (g.logx, *fixed_q_columns(g, float(logq2[0]), cols))
 
     def xfx_all(self, x: Tensor, q: Tensor | float) -> Tensor:
         """:math:`x f` for all of :data:`PIDS` at once: (...) -> (..., 11)."""
